@@ -1,0 +1,264 @@
+"""Blocks of the mobile networks and the skeleton that stacks them.
+
+MobileNetV1, MobileNetV2 and EfficientNetV2 are all "stem -> stages of blocks -> head": timm
+builds the three with one class (`timm.models.EfficientNet`) and so do we (`MBNet`). A family
+file only writes its stage table. Attribute names are timm's (`conv_stem`, `blocks.i.j.conv_pw`,
+`bn1`, `se.conv_reduce`, ...), so timm weights load by name and torchvision's by a fixed rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+from lightnets.layers import (
+    Layers,
+    SqueezeExcite,
+    global_avg_pool,
+    make_divisible,
+)
+
+Array = jax.Array
+
+
+class DepthwiseSeparable(nnx.Module):
+    """Depthwise 3x3 -> BN -> act -> [SE] -> pointwise 1x1 -> BN [-> act] (MobileNetV1 block).
+
+    MobileNetV2's first block is this one with a linear pointwise projection (`pw_act=False`).
+    MobileNetV1 applies the activation after the pointwise convolution and has no residual.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        kernel: int = 3,
+        stride: int = 1,
+        se_ratio: float = 0.0,
+        pw_act: bool = False,
+        residual: bool = True,
+        drop_path_rate: float = 0.0,
+        layers: Layers,
+    ):
+        self.conv_dw = layers.conv(in_chs, in_chs, kernel, stride=stride, groups=in_chs)
+        self.bn1 = layers.norm(in_chs)
+        self.se = SqueezeExcite(in_chs, round(in_chs * se_ratio), layers=layers) if se_ratio else None
+        self.conv_pw = layers.conv(in_chs, out_chs, 1)
+        self.bn2 = layers.norm(out_chs)
+        self.act = layers.act
+        self.pw_act = pw_act
+        self.has_skip = residual and stride == 1 and in_chs == out_chs
+        self.drop_path = layers.drop_path(drop_path_rate) if self.has_skip else None
+
+    def __call__(self, x: Array) -> Array:
+        y = self.act(self.bn1(self.conv_dw(x)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn2(self.conv_pw(y))
+        if self.pw_act:
+            y = self.act(y)
+        return self.drop_path(y) + x if self.has_skip else y
+
+
+class InvertedResidual(nnx.Module):
+    """MobileNetV2's inverted residual, EfficientNet's MBConv.
+
+    Pointwise expansion -> BN -> act -> depthwise -> BN -> act -> [SE] -> linear pointwise
+    projection -> BN, with a residual when the shapes allow it.
+
+    Args:
+      se_ratio: squeeze-excitation width as a fraction of the block's *input* channels (the
+        paper's and torchvision's convention; timm's `se0.25`).
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        kernel: int = 3,
+        stride: int = 1,
+        expand: float = 6.0,
+        se_ratio: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layers: Layers,
+    ):
+        mid_chs = make_divisible(in_chs * expand)
+        self.conv_pw = layers.conv(in_chs, mid_chs, 1)
+        self.bn1 = layers.norm(mid_chs)
+        self.conv_dw = layers.conv(mid_chs, mid_chs, kernel, stride=stride, groups=mid_chs)
+        self.bn2 = layers.norm(mid_chs)
+        # timm divides the ratio first, then rounds: keep its order so channel counts agree.
+        self.se = SqueezeExcite(mid_chs, round(mid_chs * (se_ratio / expand)), layers=layers) if se_ratio else None
+        self.conv_pwl = layers.conv(mid_chs, out_chs, 1)
+        self.bn3 = layers.norm(out_chs)
+        self.act = layers.act
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.drop_path = layers.drop_path(drop_path_rate) if self.has_skip else None
+
+    def __call__(self, x: Array) -> Array:
+        y = self.act(self.bn1(self.conv_pw(x)))
+        y = self.act(self.bn2(self.conv_dw(y)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn3(self.conv_pwl(y))
+        return self.drop_path(y) + x if self.has_skip else y
+
+
+class FusedMBConv(nnx.Module):
+    """EfficientNetV2's Fused-MBConv (timm's `EdgeResidual`).
+
+    The expansion and the depthwise convolution of an MBConv fused into one full kxk
+    convolution -> BN -> act -> [SE] -> linear pointwise projection -> BN.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        *,
+        kernel: int = 3,
+        stride: int = 1,
+        expand: float = 4.0,
+        se_ratio: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layers: Layers,
+    ):
+        mid_chs = make_divisible(in_chs * expand)
+        self.conv_exp = layers.conv(in_chs, mid_chs, kernel, stride=stride)
+        self.bn1 = layers.norm(mid_chs)
+        self.se = SqueezeExcite(mid_chs, round(mid_chs * (se_ratio / expand)), layers=layers) if se_ratio else None
+        self.conv_pwl = layers.conv(mid_chs, out_chs, 1)
+        self.bn2 = layers.norm(out_chs)
+        self.act = layers.act
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.drop_path = layers.drop_path(drop_path_rate) if self.has_skip else None
+
+    def __call__(self, x: Array) -> Array:
+        y = self.act(self.bn1(self.conv_exp(x)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn2(self.conv_pwl(y))
+        return self.drop_path(y) + x if self.has_skip else y
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One row of a stage table: `repeats` blocks, the first with `stride`, all with `kernel`.
+
+    `options` go to every block of the stage (e.g. `expand=6`, `se_ratio=0.25`).
+    """
+
+    block: type
+    repeats: int
+    kernel: int
+    stride: int
+    channels: int
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def scaled(self, width: float = 1.0, depth: float = 1.0, round_limit: float = 0.9) -> Stage:
+        """The stage with channels rounded to multiples of 8 and repeats rounded up (timm, torchvision)."""
+        return dataclasses.replace(
+            self,
+            channels=make_divisible(self.channels * width, 8, round_limit=round_limit),
+            repeats=math.ceil(self.repeats * depth),
+        )
+
+
+def stage(block: type, repeats: int, kernel: int, stride: int, channels: int, **options) -> Stage:
+    return Stage(block, repeats, kernel, stride, channels, options)
+
+
+class MBNet(nnx.Module):
+    """Stem conv -> stages of blocks -> optional 1x1 head conv -> pool -> dropout -> classifier.
+
+    Args:
+      stages: the stage table, channels and repeats already scaled.
+      stem_chs: output channels of the 3x3 stride-2 stem.
+      head_chs: output channels of the 1x1 head convolution, or None for no head convolution
+        (MobileNetV1).
+      num_classes: size of the classifier; 0 for none (the model then returns pooled features).
+      dropout: dropout rate before the classifier.
+      drop_path_rate: stochastic depth of the last block; block i of n gets `rate * i / n`.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        stem_chs: int,
+        head_chs: int | None,
+        num_classes: int,
+        dropout: float,
+        drop_path_rate: float,
+        layers: Layers,
+    ):
+        self.conv_stem = layers.conv(3, stem_chs, 3, stride=2)
+        self.bn1 = layers.norm(stem_chs)
+        self.act = layers.act
+
+        total = sum(s.repeats for s in stages)
+        index = 0
+        in_chs = stem_chs
+        blocks = []
+        for s in stages:
+            stage_blocks = []
+            for i in range(s.repeats):
+                stage_blocks.append(
+                    s.block(
+                        in_chs,
+                        s.channels,
+                        kernel=s.kernel,
+                        stride=s.stride if i == 0 else 1,
+                        drop_path_rate=drop_path_rate * index / total,
+                        layers=layers,
+                        **s.options,
+                    )
+                )
+                in_chs = s.channels
+                index += 1
+            blocks.append(nnx.List(stage_blocks))
+        self.blocks = nnx.List(blocks)
+
+        if head_chs:
+            self.conv_head = layers.conv(in_chs, head_chs, 1)
+            self.bn2 = layers.norm(head_chs)
+            in_chs = head_chs
+        else:
+            self.conv_head = self.bn2 = None
+        self.num_features = in_chs
+        self.dropout = layers.dropout(dropout)
+        self.classifier = layers.linear(in_chs, num_classes) if num_classes else None
+        self.dtype, self.param_dtype = layers.dtype, layers.param_dtype
+
+    def forward_features(self, x: Array) -> Array:
+        """The last feature map, (N, H/32, W/32, num_features)."""
+        x = self.act(self.bn1(self.conv_stem(x)))
+        for stage_blocks in self.blocks:
+            for block in stage_blocks:
+                x = block(x)
+        if self.conv_head is not None:
+            x = self.act(self.bn2(self.conv_head(x)))
+        return x
+
+    def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
+        """Pool, dropout and classify a feature map; `pre_logits=True` stops before the classifier."""
+        x = self.dropout(global_avg_pool(x))
+        if pre_logits or self.classifier is None:
+            return x
+        return self.classifier(x).astype("float32")
+
+    def __call__(self, x: Array) -> Array:
+        """Logits (float32) for NHWC images normalised with the ImageNet mean and std."""
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
+        """Replaces the classifier with a freshly initialised one (0: no classifier)."""
+        layers = Layers(rngs=rngs, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.classifier = layers.linear(self.num_features, num_classes) if num_classes else None

@@ -1,0 +1,372 @@
+"""Layers shared by every network: convolution, BatchNorm, stochastic depth, squeeze-excitation.
+
+Everything is NHWC. Parameters are created in `param_dtype` (float32) and cast to `dtype`
+(bfloat16 by default) for the computation; BatchNorm statistics stay in float32.
+
+Parameter names follow timm (`conv`, `bn1`, `conv_reduce`, `conv_expand`) and every kernel is
+HWIO, so a PyTorch weight converts with a rename and `transpose(2, 3, 1, 0)`. BatchNorm keeps
+`scale`, `bias`, `mean` and `var` (PyTorch's weight, bias, running_mean, running_var).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+
+# Convolution formulations. "xla" is `lax.conv_general_dilated` everywhere; "taps" computes a
+# depthwise convolution as k*k shifted multiply-adds, which XLA's CPU backend runs 10-20x faster
+# than its grouped convolution (benchmarks/conv_formulations.py); "auto" uses taps on CPU only,
+# where GPUs and TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix product in
+# every mode. The parameters are the same whichever formulation runs.
+CONV_IMPLS = ("auto", "xla", "taps")
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Rounds a channel count to a multiple of `divisor`, as torchvision and timm do.
+
+    Never rounds down by more than `1 - round_limit` (10 % by default).
+    """
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+def normal(key: Array, shape: tuple[int, ...], std: float, dtype: Dtype) -> Array:
+    """N(0, std^2) drawn on the host with numpy, seeded by `key`.
+
+    XLA's CPU compiler spends 0.2-0.4 s on `jax.random.normal` for every distinct shape: a
+    minute to initialise an EfficientNetV2-S. numpy draws the same parameters at once. Under a
+    trace (`jax.jit`, `nnx.eval_shape`) the draw goes through `jax.pure_callback`, so a key gives
+    the same values whether the model is built eagerly or inside `jit`.
+    """
+
+    def draw(key_data):
+        rng = np.random.default_rng(np.asarray(key_data))
+        return (std * rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
+
+    key_data = jax.random.key_data(key)
+    if isinstance(key_data, jax.core.Tracer):
+        return jax.pure_callback(draw, jax.ShapeDtypeStruct(shape, dtype), key_data)
+    return jnp.asarray(draw(key_data))
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME': the extra pixel of an odd total goes at the end (bottom/right)."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2d(nnx.Module):
+    """A 2-D convolution over NHWC inputs with PyTorch's or TensorFlow's padding.
+
+    Args:
+      padding: "symmetric" pads (k - 1) // 2 on every side, as torchvision and timm do;
+        "same" is TensorFlow's asymmetric padding, used by the `*_tf` EfficientNetV2 variants.
+      groups: `groups == in_channels == out_channels` is a depthwise convolution.
+      conv_impl: one of `CONV_IMPLS`, resolved when the call is traced.
+      key: the initialisation key.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        padding: str = "symmetric",
+        use_bias: bool = False,
+        conv_impl: str = "auto",
+        dtype: Dtype = jnp.bfloat16,
+        param_dtype: Dtype = jnp.float32,
+        key: Array,
+    ):
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"channels {in_channels} -> {out_channels} are not divisible by groups={groups}")
+        if padding not in ("symmetric", "same"):
+            raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.groups = groups
+        self.padding = padding
+        self.conv_impl = conv_impl
+        self.dtype = dtype
+        # He-normal over fan-out, the initialisation of torchvision's and timm's convolutions.
+        shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
+        std = math.sqrt(2.0 / (kernel_size * kernel_size * out_channels))
+        self.kernel = nnx.Param(normal(key, shape, std, param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_channels,), param_dtype)) if use_bias else None
+
+    def _pads(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        k, s = self.kernel_size, self.stride
+        if self.padding == "same":
+            return _same_padding(height, k, s), _same_padding(width, k, s)
+        p = (k - 1) // 2
+        return (p, p), (p, p)
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(self.dtype)
+        kernel = self.kernel[...].astype(self.dtype)
+        k, s = self.kernel_size, self.stride
+        depthwise = self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        impl = self.conv_impl
+        if impl == "auto":
+            impl = "taps" if jax.default_backend() == "cpu" else "xla"
+        if k == 1 and s == 1 and self.groups == 1:
+            y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+        elif depthwise and impl == "taps":
+            y = _depthwise_taps(x, kernel, s, self._pads(*x.shape[1:3]))
+        else:
+            y = lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=(s, s),
+                padding=self._pads(*x.shape[1:3]),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def _depthwise_taps(x: Array, kernel: Array, stride: int, pads) -> Array:
+    """Depthwise convolution as k*k shifted multiply-adds, accumulated in float32."""
+    k = kernel.shape[0]
+    (top, bottom), (left, right) = pads
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out_h = (xp.shape[1] - k) // stride + 1
+    out_w = (xp.shape[2] - k) // stride + 1
+    acc = jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), jnp.float32)
+    for i in range(k):
+        for j in range(k):
+            window = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3]),
+                (1, stride, stride, 1),
+            )
+            acc = acc + window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+    return acc.astype(x.dtype)
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over the last (channel) axis with PyTorch's semantics.
+
+    `momentum` is PyTorch's, the weight of the new batch in the running statistics (flax's
+    momentum is `1 - momentum`), and the running variance is updated with the unbiased batch
+    variance, as `torch.nn.BatchNorm2d` does. Statistics are computed and kept in float32.
+    Under `jax.jit` with the batch sharded over a mesh, they cover the global batch.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        use_running_average: bool = False,
+        dtype: Dtype = jnp.bfloat16,
+        param_dtype: Dtype = jnp.float32,
+    ):
+        self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.eps = eps
+        self.momentum = momentum
+        self.use_running_average = use_running_average
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = xf.mean(axes)
+            # One pass over x, as flax's BatchNorm does; clipped at 0 against round-off.
+            var = jnp.maximum(jnp.square(xf).mean(axes) - jnp.square(mean), 0.0)
+            n = x.size // x.shape[-1]
+            m = self.momentum
+            # set_value, not `[...] =`: flax 0.12 probes the sharding of a value assigned by
+            # index, which makes tracing quadratic in depth under jax 0.10.
+            self.mean.set_value((1 - m) * self.mean[...] + m * mean)
+            self.var.set_value((1 - m) * self.var[...] + m * var * (n / max(n - 1, 1)))
+        mul = self.scale[...] * lax.rsqrt(var + self.eps)
+        add = self.bias[...] - mean * mul
+        return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
+
+
+class Linear(nnx.Module):
+    """A fully connected layer; the kernel is (in, out), PyTorch's weight transposed."""
+
+    def __init__(self, in_features: int, out_features: int, *, dtype: Dtype, param_dtype: Dtype, key: Array):
+        # N(0, 0.01) as torchvision's MobileNetV2 classifier.
+        self.kernel = nnx.Param(normal(key, (in_features, out_features), 0.01, param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+class Dropout(nnx.Module):
+    """Dropout, or stochastic depth with `per_sample=True`.
+
+    Stochastic depth drops the whole residual branch of a sample with probability `rate` and
+    scales the survivors by 1 / (1 - rate), as timm's `DropPath` and torchvision's
+    `StochasticDepth(mode="row")` do. Off when `deterministic` (set by `model.eval()`).
+    """
+
+    def __init__(self, rate: float, *, per_sample: bool = False, deterministic: bool = False, rng: nnx.RngStream):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.per_sample = per_sample
+        self.deterministic = deterministic
+        self.rng = rng
+
+    def __call__(self, x: Array) -> Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.per_sample else x.shape
+        mask = jax.random.bernoulli(self.rng(), keep, shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+@dataclasses.dataclass
+class Layers:
+    """How one network makes its layers: activation, padding convention, BatchNorm numerics, dtypes.
+
+    One instance is shared by all blocks of a network, so a variant differs from another of its
+    family only in these fields (e.g. the TensorFlow-ported EfficientNetV2s: `padding="same"`).
+    `bn_momentum` is PyTorch's (weight of the new batch).
+
+    Initialisation keys are folded from one draw of `rngs.params` rather than drawn from the
+    stream layer by layer: every draw updates a Variable, which under `jax.jit` or
+    `nnx.eval_shape` costs time proportional to the trace so far (quadratic in depth with
+    jax 0.10), and made EfficientNetV2-L take 40 s to trace. Dropout layers share the
+    `rngs.dropout` stream (or `rngs.default`).
+    """
+
+    rngs: nnx.Rngs
+    act: Callable[[Array], Array] = jax.nn.relu
+    padding: str = "symmetric"
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dtype: Dtype = jnp.bfloat16
+    param_dtype: Dtype = jnp.float32
+    _base_key: Array = dataclasses.field(init=False, repr=False)
+    _count: int = dataclasses.field(init=False, default=0, repr=False)
+
+    def __post_init__(self):
+        self._base_key = self.rngs.params()
+
+    def next_key(self) -> Array:
+        self._count += 1
+        return jax.random.fold_in(self._base_key, self._count)
+
+    def conv(self, in_chs: int, out_chs: int, kernel: int, *, stride: int = 1, groups: int = 1, bias: bool = False):
+        return Conv2d(
+            in_chs,
+            out_chs,
+            kernel,
+            stride=stride,
+            groups=groups,
+            padding=self.padding,
+            use_bias=bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            key=self.next_key(),
+        )
+
+    def norm(self, channels: int) -> BatchNorm:
+        return BatchNorm(
+            channels, eps=self.bn_eps, momentum=self.bn_momentum, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+
+    def linear(self, in_features: int, out_features: int) -> Linear:
+        return Linear(in_features, out_features, dtype=self.dtype, param_dtype=self.param_dtype, key=self.next_key())
+
+    def drop_path(self, rate: float) -> Dropout:
+        return Dropout(rate, per_sample=True, rng=self.rngs["dropout"])
+
+    def dropout(self, rate: float) -> Dropout:
+        return Dropout(rate, rng=self.rngs["dropout"])
+
+
+class ConvBnAct(nnx.Module):
+    """Convolution -> BatchNorm -> activation, optionally residual (timm's `ConvBnAct`).
+
+    torchvision's `Conv2dNormActivation` is the same layer without the residual.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel: int = 3,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        residual: bool = False,
+        drop_path_rate: float = 0.0,
+        layers: Layers,
+    ):
+        self.conv = layers.conv(in_chs, out_chs, kernel, stride=stride, groups=groups)
+        self.bn1 = layers.norm(out_chs)
+        self.act = layers.act if act else None
+        self.has_skip = residual and stride == 1 and in_chs == out_chs
+        self.drop_path = layers.drop_path(drop_path_rate) if self.has_skip else None
+
+    def __call__(self, x: Array) -> Array:
+        y = self.bn1(self.conv(x))
+        if self.act is not None:
+            y = self.act(y)
+        return self.drop_path(y) + x if self.has_skip else y
+
+
+class SqueezeExcite(nnx.Module):
+    """Squeeze-and-excitation: channel gates from the globally pooled input (timm naming)."""
+
+    def __init__(self, channels: int, reduced: int, *, layers: Layers):
+        self.conv_reduce = layers.conv(channels, reduced, 1, bias=True)
+        self.conv_expand = layers.conv(reduced, channels, 1, bias=True)
+        self.act = layers.act
+
+    def __call__(self, x: Array) -> Array:
+        s = x.mean(axis=(1, 2), keepdims=True)
+        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        return x * jax.nn.sigmoid(s)
+
+
+def channel_shuffle(x: Array, groups: int) -> Array:
+    """ShuffleNet's channel shuffle over NHWC: channel g * (C / groups) + i moves to i * groups + g."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h, w, groups, c // groups).swapaxes(3, 4).reshape(n, h, w, c)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Mean over height and width, accumulated in float32."""
+    return x.astype(jnp.float32).mean(axis=(1, 2)).astype(x.dtype)
