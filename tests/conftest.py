@@ -1,0 +1,17 @@
+"""Test set-up: an 8-device CPU mesh, and the smallest variant of each family."""
+
+import os
+
+# Before jax is imported: exercise an 8-device mesh on one CPU, as CI has no accelerator.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest
+
+# The smallest variant of each family: every behaviour test runs on these.
+SMALLEST = ("mobilenet_v1_025", "mobilenet_v2_035", "shufflenet_v2_x0_5", "efficientnet_v2_b0_tf")
+
+
+@pytest.fixture(params=SMALLEST)
+def smallest(request):
+    return request.param

@@ -1,0 +1,141 @@
+"""The shared layers: each formulation and convention checked against its definition."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from lightnets.layers import BatchNorm, Conv2d, Dropout, channel_shuffle, make_divisible
+
+
+def _conv(in_chs, out_chs, k, *, stride=1, groups=1, padding="symmetric", impl="auto", bias=False):
+    return Conv2d(
+        in_chs,
+        out_chs,
+        k,
+        stride=stride,
+        groups=groups,
+        padding=padding,
+        use_bias=bias,
+        conv_impl=impl,
+        dtype=jnp.float32,
+        key=jax.random.key(0),
+    )
+
+
+def _reference_conv(x, conv, padding):
+    return lax.conv_general_dilated(
+        x,
+        conv.kernel[...],
+        (conv.stride,) * 2,
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=conv.groups,
+    )
+
+
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_depthwise_taps_equal_xla_convolution(size, stride, kernel, padding):
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 16))
+    taps = _conv(16, 16, kernel, stride=stride, groups=16, padding=padding, impl="taps")
+    xla = nnx.clone(taps)
+    xla.conv_impl = "xla"
+    np.testing.assert_allclose(taps(x), xla(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_matmul_equals_convolution():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 16))
+    conv = _conv(16, 24, 1, bias=True)
+    conv.bias[...] = jnp.arange(24.0)
+    expected = _reference_conv(x, conv, "VALID") + conv.bias[...]
+    np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [7, 8, 9])
+def test_same_padding_is_tensorflow_same(size):
+    x = jax.random.normal(jax.random.key(1), (1, size, size, 4))
+    for groups in (1, 4):
+        conv = _conv(4, 4, 3, stride=2, groups=groups, padding="same", impl="xla")
+        np.testing.assert_allclose(conv(x), _reference_conv(x, conv, "SAME"), rtol=1e-5, atol=1e-5)
+
+
+def test_symmetric_padding_is_pytorch_padding():
+    # PyTorch pads (1, 1) at stride 2 where TensorFlow's SAME pads (0, 1) on an even input.
+    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 4))
+    conv = _conv(4, 4, 3, stride=2, impl="xla")
+    np.testing.assert_allclose(conv(x), _reference_conv(x, conv, ((1, 1), (1, 1))), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(conv(x), _reference_conv(x, conv, "SAME"), atol=1e-3)
+
+
+def test_conv_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        _conv(6, 8, 3, groups=4)
+    with pytest.raises(ValueError, match="padding must be"):
+        _conv(4, 4, 3, padding="valid")
+
+
+def test_batchnorm_follows_pytorch_semantics():
+    # torch.nn.BatchNorm2d(momentum=0.1) in training: normalise with the biased batch variance,
+    # update running_var with the unbiased one.
+    x = np.random.default_rng(0).normal(3.0, 2.0, (4, 5, 5, 6)).astype(np.float32)
+    bn = BatchNorm(6, eps=1e-3, momentum=0.1, dtype=jnp.float32)
+    y = bn(jnp.asarray(x))
+    n = 4 * 5 * 5
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+
+    bn.use_running_average = True
+    running_mean, running_var = np.asarray(bn.mean[...]), np.asarray(bn.var[...])
+    y = bn(jnp.asarray(x))
+    np.testing.assert_allclose(y, (x - running_mean) / np.sqrt(running_var + 1e-3), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(bn.mean[...], running_mean)
+
+
+def test_batchnorm_keeps_float32_statistics_under_bfloat16():
+    bn = BatchNorm(3, dtype=jnp.bfloat16)
+    y = bn(jnp.ones((2, 4, 4, 3), jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    assert bn.mean[...].dtype == bn.var[...].dtype == bn.scale[...].dtype == jnp.float32
+
+
+def test_stochastic_depth_drops_whole_samples():
+    drop = Dropout(0.5, per_sample=True, rng=nnx.Rngs(0)["dropout"])
+    x = jnp.ones((64, 4, 4, 8))
+    y = np.asarray(drop(x))
+    per_sample = y.reshape(64, -1)
+    assert set(np.unique(per_sample)) == {0.0, 2.0}
+    assert all(len(np.unique(row)) == 1 for row in per_sample)  # a sample is kept or dropped whole
+    assert 10 < (per_sample[:, 0] == 0).sum() < 54
+    assert not np.array_equal(y, np.asarray(drop(x)))  # a new mask each call
+    drop.deterministic = True
+    np.testing.assert_array_equal(drop(x), x)
+
+
+def test_dropout_is_elementwise():
+    drop = Dropout(0.5, rng=nnx.Rngs(0)["dropout"])
+    y = np.asarray(drop(jnp.ones((4, 256))))
+    assert all(0 < (row == 0).sum() < 256 for row in y)
+
+
+def test_channel_shuffle_matches_torchvision():
+    # torchvision: view(n, groups, c // groups, h, w).transpose(1, 2).flatten over NCHW.
+    x = np.arange(2 * 3 * 3 * 12, dtype=np.float32).reshape(2, 3, 3, 12)
+    nchw = x.transpose(0, 3, 1, 2)
+    expected = nchw.reshape(2, 2, 6, 3, 3).transpose(0, 2, 1, 3, 4).reshape(2, 12, 3, 3).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(channel_shuffle(jnp.asarray(x), 2), expected)
+
+
+def test_make_divisible_rounds_like_torchvision():
+    # torchvision's _make_divisible: nearest multiple of 8, never more than 10 % down.
+    assert make_divisible(32 * 0.35) == 16
+    assert make_divisible(16 * 0.35) == 8
+    assert make_divisible(96 * 0.75) == 72
+    assert make_divisible(24 * 0.8) == 24  # 16 would lose more than 10 %
+    assert make_divisible(24 * 0.8, round_limit=0.0) == 16
