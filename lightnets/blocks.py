@@ -258,6 +258,11 @@ class MBNet(nnx.Module):
         """Logits (float32) for NHWC images normalised with the ImageNet mean and std."""
         return self.forward_head(self.forward_features(x))
 
+    @property
+    def num_classes(self) -> int:
+        """Size of the classifier, 0 without one."""
+        return 0 if self.classifier is None else int(self.classifier.kernel.shape[1])
+
     def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
         """Replaces the classifier with a freshly initialised one (0: no classifier)."""
         layers = Layers(rngs=rngs, dtype=self.dtype, param_dtype=self.param_dtype)

@@ -5,7 +5,8 @@ Everything is NHWC. Parameters are created in `param_dtype` (float32) and cast t
 
 Parameter names follow timm (`conv`, `bn1`, `conv_reduce`, `conv_expand`) and every kernel is
 HWIO, so a PyTorch weight converts with a rename and `transpose(2, 3, 1, 0)`. BatchNorm keeps
-`scale`, `bias`, `mean` and `var` (PyTorch's weight, bias, running_mean, running_var).
+`scale`, `bias`, `mean`, `var` and `num_batches_tracked` (PyTorch's weight, bias, running_mean,
+running_var, num_batches_tracked).
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ class BatchNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        # PyTorch's counter of training batches, kept so that weights round-trip exactly.
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
         self.eps = eps
         self.momentum = momentum
         self.use_running_average = use_running_average
@@ -211,9 +214,11 @@ class BatchNorm(nnx.Module):
             # index, which makes tracing quadratic in depth under jax 0.10.
             self.mean.set_value((1 - m) * self.mean[...] + m * mean)
             self.var.set_value((1 - m) * self.var[...] + m * var * (n / max(n - 1, 1)))
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
+        # In float32, cast once at the end: folding the statistics into a bfloat16 multiply-add
+        # cancels digits when |mean| >> std, and costs no extra memory traffic in a fused kernel.
         mul = self.scale[...] * lax.rsqrt(var + self.eps)
-        add = self.bias[...] - mean * mul
-        return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
+        return ((x.astype(jnp.float32) - mean) * mul + self.bias[...]).astype(self.dtype)
 
 
 class Linear(nnx.Module):

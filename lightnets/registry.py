@@ -81,6 +81,8 @@ def create_model(
 ) -> nnx.Module:
     """Builds a registered network, in training mode (call `.eval()` for inference).
 
+    The model's `variant` attribute is `name`.
+
     Args:
       name: a name from `list_models()`.
       num_classes: classifier size; 0 builds the network without a classifier, returning
@@ -92,10 +94,12 @@ def create_model(
     """
     info = model_info(name)
     options = {**info.defaults, **kwargs}
-    return info.builder(
+    model = info.builder(
         num_classes=num_classes,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs if rngs is not None else nnx.Rngs(0),
         **options,
     )
+    model.variant = name  # what the converter and checkpoints identify the network by
+    return model

@@ -90,8 +90,8 @@ def test_stochastic_depth_rises_linearly_with_depth():
 
 def test_parameters_float32_compute_bfloat16(smallest):
     model = lightnets.create_model(smallest, dtype=jnp.bfloat16)
-    dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(model, (nnx.Param, nnx.BatchStat)))}
-    assert dtypes == {jnp.dtype(jnp.float32)}
+    leaves = jax.tree.leaves(nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    assert {x.dtype for x in leaves if x.ndim} == {jnp.dtype(jnp.float32)}  # all but the batch counters
     model.eval()
     features = nnx.jit(lambda m, x: m.forward_features(x))(model, _images(32, n=2))
     assert features.dtype == jnp.bfloat16
