@@ -4,6 +4,6 @@ For now it holds the preprocessing the models expect (ImageNet mean/std normalis
 real photos that ship inside installed packages, used by the model summary and the tests.
 """
 
-from input_pipeline.photos import IMAGENET_MEAN, IMAGENET_STD, normalize, sample_photos
+from input_pipeline.photos import IMAGENET_MEAN, IMAGENET_STD, load_images, normalize, sample_photos
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize", "sample_photos"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "load_images", "normalize", "sample_photos"]
