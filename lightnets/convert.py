@@ -1,0 +1,527 @@
+"""Weights between lightnets and PyTorch: torchvision, timm and the Ascend ModelZoo checkpoints.
+
+    model = convert.from_torch("mobilenet_v2_100", "mobilenet_v2.pth")   # eval mode
+    state_dict = convert.to_torch(model)    # loads into torchvision's mobilenet_v2, strict=True
+
+A conversion is a rename plus a layout change: convolution kernels OIHW <-> HWIO (a depthwise
+`[C, 1, k, k]` is `[k, k, 1, C]`), linear weights transposed, BatchNorm `weight, bias,
+running_mean, running_var, num_batches_tracked` <-> `scale, bias, mean, var, num_batches_tracked`.
+The rename is timm's names unchanged for the networks timm builds (our attribute names are
+timm's), and a fixed table per block type for torchvision's `nn.Sequential` indices.
+
+A checkpoint that does not fit the network is refused before anything is loaded, with every
+missing and unexpected key and every shape that differs. PyTorch files are read with
+`torch.load(weights_only=True)` or safetensors, never by unpickling arbitrary objects. torch is
+needed only to read `.pth` files and by `to_torch`; the rest of lightnets imports without it.
+
+Command line: `python -m lightnets.convert --help`.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lightnets.blocks import DepthwiseSeparable, FusedMBConv, InvertedResidual
+from lightnets.layers import BatchNorm, Conv2d, ConvBnAct, Linear
+from lightnets.models import EfficientNetV2, MobileNetV1, MobileNetV2, ShuffleNetV2
+from lightnets.registry import create_model, model_info
+
+LAYOUTS = ("torchvision", "timm")
+
+# Our variable name -> PyTorch's, per layer type.
+_VARIABLES = {
+    Conv2d: {"kernel": "weight", "bias": "bias"},
+    Linear: {"kernel": "weight", "bias": "bias"},
+    BatchNorm: {
+        "scale": "weight",
+        "bias": "bias",
+        "mean": "running_mean",
+        "var": "running_var",
+        "num_batches_tracked": "num_batches_tracked",
+    },
+}
+
+# torchvision's nn.Sequential positions of our block attributes, per block type.
+_TORCHVISION_MOBILENET_V2 = {
+    DepthwiseSeparable: {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"},
+    InvertedResidual: {
+        "conv_pw": "conv.0.0",
+        "bn1": "conv.0.1",
+        "conv_dw": "conv.1.0",
+        "bn2": "conv.1.1",
+        "conv_pwl": "conv.2",
+        "bn3": "conv.3",
+    },
+}
+_TORCHVISION_EFFICIENTNET_V2 = {
+    ConvBnAct: {"conv": "block.0.0", "bn1": "block.0.1"},
+    FusedMBConv: {"conv_exp": "block.0.0", "bn1": "block.0.1", "conv_pwl": "block.1.0", "bn2": "block.1.1"},
+    InvertedResidual: {
+        "conv_pw": "block.0.0",
+        "bn1": "block.0.1",
+        "conv_dw": "block.1.0",
+        "bn2": "block.1.1",
+        "se.conv_reduce": "block.2.fc1",
+        "se.conv_expand": "block.2.fc2",
+        "conv_pwl": "block.3.0",
+        "bn3": "block.3.1",
+    },
+}
+# ShuffleNetV2: the i-th conv-BN(-ReLU) of a branch starts at this index of torchvision's Sequential.
+_SHUFFLENET_BRANCH_START = {"branch1": (0, 2), "branch2": (0, 3, 5)}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the network; the message lists every difference."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Names: our module paths -> PyTorch module names
+# ---------------------------------------------------------------------------------------------
+
+
+def _timm_names(model: nnx.Module) -> Callable[[tuple], str]:
+    return lambda path: ".".join(map(str, path))
+
+
+def _torchvision_mbnet_names(model: nnx.Module) -> Callable[[tuple], str]:
+    """MobileNetV2 (blocks numbered through `features`) and EfficientNetV2 (one Sequential per stage)."""
+    mobilenet = isinstance(model, MobileNetV2)
+    table = _TORCHVISION_MOBILENET_V2 if mobilenet else _TORCHVISION_EFFICIENTNET_V2
+    stage_starts = np.cumsum([0] + [len(stage) for stage in model.blocks]).tolist()
+    head = stage_starts[-1] + 1 if mobilenet else len(model.blocks) + 1
+    top = {
+        "conv_stem": "features.0.0",
+        "bn1": "features.0.1",
+        "conv_head": f"features.{head}.0",
+        "bn2": f"features.{head}.1",
+        "classifier": "classifier.1",
+    }
+
+    def name(path: tuple) -> str:
+        if path[0] != "blocks":
+            return top[path[0]]
+        s, i, *inner = path[1:]
+        block = model.blocks[s][i]
+        prefix = f"features.{stage_starts[s] + i + 1}" if mobilenet else f"features.{s + 1}.{i}"
+        return f"{prefix}.{table[type(block)]['.'.join(inner)]}"
+
+    return name
+
+
+def _torchvision_shufflenet_names(model: nnx.Module) -> Callable[[tuple], str]:
+    def name(path: tuple) -> str:
+        if path[0] == "fc":
+            return "fc"
+        *outer, layer = path  # layer: "conv" or "bn1" of a ConvBnAct
+        offset = 0 if layer == "conv" else 1
+        if outer[0] in ("conv1", "conv5"):
+            return f"{outer[0]}.{offset}"
+        stage, unit, branch, index = outer
+        return f"{stage}.{unit}.{branch}.{_SHUFFLENET_BRANCH_START[branch][index] + offset}"
+
+    return name
+
+
+_NAMERS = {
+    (MobileNetV1, "timm"): _timm_names,
+    (MobileNetV2, "timm"): _timm_names,
+    (MobileNetV2, "torchvision"): _torchvision_mbnet_names,
+    (ShuffleNetV2, "torchvision"): _torchvision_shufflenet_names,
+    (EfficientNetV2, "timm"): _timm_names,
+    (EfficientNetV2, "torchvision"): _torchvision_mbnet_names,
+}
+
+
+def default_layout(variant: str) -> str:
+    """The layout of a variant's reference implementation: "torchvision" or "timm"."""
+    return model_info(variant).reference.split(":", 1)[0]
+
+
+def torch_names(model: nnx.Module, layout: str) -> dict[tuple, str]:
+    """Our variable path -> PyTorch state-dict key, for every parameter and BatchNorm statistic."""
+    namer = next((f for (cls, lay), f in _NAMERS.items() if isinstance(model, cls) and lay == layout), None)
+    if namer is None:
+        supported = [lay for (cls, lay) in _NAMERS if isinstance(model, cls)]
+        raise ValueError(f"{type(model).__name__} has no {layout!r} layout; it converts to and from {supported}")
+    module_name = namer(model)
+    names = {}
+    for path, module in nnx.iter_graph(model):
+        variables = _VARIABLES.get(type(module))
+        if variables is None:
+            continue
+        prefix = module_name(tuple(path))
+        for ours, theirs in variables.items():
+            if getattr(module, ours, None) is not None:
+                names[(*path, ours)] = f"{prefix}.{theirs}"
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: PyTorch tensor <-> our array
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_ours(value: np.ndarray, ours: tuple) -> np.ndarray:
+    if ours[-1] == "kernel" and value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if ours[-1] == "kernel" and value.ndim == 2:
+        return value.T  # (out, in) -> (in, out)
+    return value
+
+
+def _to_theirs(value: np.ndarray, ours: tuple) -> np.ndarray:
+    if ours[-1] == "kernel" and value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    if ours[-1] == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
+def _torch_shape(shape: tuple, ours: tuple) -> tuple:
+    if ours[-1] == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if ours[-1] == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch.Tensor; half precision widens to float32 exactly
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def load_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A PyTorch state dict as numpy arrays, from a path or a dict.
+
+    Accepts a plain state dict, a training checkpoint holding one under `state_dict` or
+    `model` (the Ascend ModelZoo scripts save `{'epoch', 'arch', 'state_dict', ...}`), keys
+    prefixed `module.` by DistributedDataParallel, and `.safetensors` files.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        path = os.fspath(checkpoint)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            checkpoint = load_file(path)
+        else:
+            try:
+                import torch
+            except ImportError as e:
+                raise ImportError(f"reading {path} needs PyTorch: pip install torch") from e
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise ValueError(
+                    f"{path} holds Python objects other than tensors, numbers and strings; lightnets does not "
+                    f"unpickle them (arbitrary code could run). Save its state_dict alone, or as .safetensors.\n{e}"
+                ) from None
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(checkpoint).__name__}")
+    for key in ("state_dict", "model"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    state = {}
+    for key, value in checkpoint.items():
+        key = key.removeprefix("module.")
+        state[key] = _to_numpy(value)
+    return state
+
+
+def detect_layout(state_dict: Mapping[str, Any]) -> str:
+    """ "torchvision" if the keys are torchvision's (`features.*`, `stage2.*`), else "timm"."""
+    torchvision = any(k.startswith(("features.", "stage2.")) for k in state_dict)
+    return "torchvision" if torchvision else "timm"
+
+
+def _natural(key: str) -> list:
+    """Sort key putting `features.2` before `features.10`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _mismatch_report(name: str, layout: str, missing, unexpected, shapes) -> str:
+    def listing(title, items):
+        return [f"{title} ({len(items)}):"] + [f"  {x}" for x in sorted(items, key=_natural)]
+
+    lines = [f"the checkpoint does not fit {name} ({layout} layout); nothing was loaded."]
+    if missing:
+        lines += listing("missing keys", missing)
+    if unexpected:
+        lines += listing("unexpected keys", unexpected)
+    if shapes:
+        lines.append(f"shapes that differ ({len(shapes)}), checkpoint vs {name}:")
+        lines += [f"  {k}: {tuple(a)} vs {tuple(b)}" for k, a, b in sorted(shapes, key=lambda x: _natural(x[0]))]
+    return "\n".join(lines)
+
+
+def from_torch(
+    name: str,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    num_classes: int | None = None,
+    dtype: Any = jnp.float32,
+    layout: str | None = None,
+    rngs: nnx.Rngs | None = None,
+) -> nnx.Module:
+    """A lightnets network with the weights of a PyTorch checkpoint, in eval mode.
+
+    Args:
+      name: the registered variant the checkpoint is of.
+      checkpoint: a path (`.pth`, `.pt`, `.tar`, `.safetensors`) or an in-memory state dict.
+      num_classes: None keeps the registry's 1000 classes and requires the checkpoint's
+        classifier to have as many; a number asks for that many: the checkpoint's classifier
+        is loaded if it has that size, replaced by a freshly initialised one otherwise.
+      dtype: the computation dtype of the returned model.
+      layout: "torchvision" or "timm"; detected from the keys if not given.
+      rngs: keys for a new classifier and for dropout if the model is trained further.
+
+    Raises:
+      CheckpointMismatchError: listing every missing and unexpected key and every shape that
+        differs, when the checkpoint is of another architecture, width or class count.
+    """
+    state_dict = load_state_dict(checkpoint)
+    layout = layout or detect_layout(state_dict)
+    classes = 1000 if num_classes is None else num_classes
+    abstract = nnx.eval_shape(lambda: create_model(name, num_classes=classes, dtype=dtype))
+    names = torch_names(abstract, layout)
+    # The classifier's keys are the same whatever its size: take them from a 1000-class model.
+    with_head = abstract if classes == 1000 else nnx.eval_shape(lambda: create_model(name, dtype=dtype))
+    head = {theirs for ours, theirs in torch_names(with_head, layout).items() if _is_head(ours)}
+    ckpt_classes = next((int(state_dict[k].shape[0]) for k in sorted(head) if k in state_dict), None)
+    if num_classes is not None and ckpt_classes != num_classes:
+        # The caller asked for another classifier: the checkpoint's is left out, a new one is made.
+        names = {ours: theirs for ours, theirs in names.items() if not _is_head(ours)}
+        state_dict = {k: v for k, v in state_dict.items() if k not in head}
+
+    expected = dict(nnx.to_flat_state(nnx.state(abstract, (nnx.Param, nnx.BatchStat))))
+    # num_batches_tracked is optional, as in PyTorch (checkpoints older than torch 0.4.1 lack it).
+    missing = [k for k in names.values() if k not in state_dict and not k.endswith(".num_batches_tracked")]
+    unexpected = set(state_dict) - set(names.values())
+    shapes = []
+    for ours, theirs in names.items():
+        want = _torch_shape(expected[ours].shape, ours)
+        if theirs in state_dict and tuple(state_dict[theirs].shape) != want:
+            shapes.append((theirs, state_dict[theirs].shape, want))
+    if missing or unexpected or shapes:
+        report = _mismatch_report(name, layout, missing, unexpected, shapes)
+        if ckpt_classes is not None and ckpt_classes != classes:
+            report += (
+                f"\nThe checkpoint classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} to load its "
+                f"classifier, or num_classes=N for a new {name} classifier of N classes."
+            )
+        raise CheckpointMismatchError(report)
+
+    model = create_model(name, num_classes=classes, dtype=dtype, rngs=rngs)
+    values = [
+        (ours, jnp.asarray(_to_ours(state_dict[theirs], ours).astype(expected[ours].dtype)))
+        for ours, theirs in names.items()
+        if theirs in state_dict
+    ]
+    nnx.update(model, nnx.from_flat_state(values))
+    model.eval()
+    return model
+
+
+def _is_head(path: tuple) -> bool:
+    return path[0] in ("classifier", "fc")
+
+
+def to_torch(model: nnx.Module, *, layout: str | None = None) -> dict[str, Any]:
+    """A state dict for the reference PyTorch model, loadable with `strict=True`.
+
+    Args:
+      model: a lightnets network from `create_model` (or `from_torch`).
+      layout: "torchvision" or "timm"; by default the variant's reference implementation.
+    """
+    import torch
+
+    if layout is None:
+        if not hasattr(model, "variant"):
+            raise ValueError("the model has no `variant` (not built by create_model): pass layout=")
+        layout = default_layout(model.variant)
+    state = dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
+    out = {}
+    for ours, theirs in torch_names(model, layout).items():
+        value = np.asarray(jax.device_get(state[ours][...]))
+        if ours[-1] == "num_batches_tracked":
+            out[theirs] = torch.tensor(int(value), dtype=torch.int64)
+        else:
+            out[theirs] = torch.from_numpy(np.array(_to_theirs(value, ours)))  # a writable copy
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference PyTorch model
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_reference(reference: str) -> tuple[str, str, dict[str, Any]]:
+    """ "torchvision:mobilenet_v2(width_mult=0.35)" -> ("torchvision", "mobilenet_v2", {"width_mult": 0.35})."""
+    library, call = reference.split(":", 1)
+    match = re.fullmatch(r"(\w+)(?:\((.*)\))?", call)
+    if not match:
+        raise ValueError(f"cannot parse reference {reference!r}")
+    fn, args = match.groups()
+    kwargs = {}
+    if args:
+        tree = ast.parse(f"f({args})", mode="eval").body
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    return library, fn, kwargs
+
+
+def reference_model(name: str, num_classes: int = 1000):
+    """The PyTorch model a variant reproduces (torchvision or timm must be installed), eval mode."""
+    library, fn, kwargs = parse_reference(model_info(name).reference)
+    if library == "torchvision":
+        import torchvision
+
+        model = getattr(torchvision.models, fn)(weights=None, num_classes=num_classes, **kwargs)
+    elif fn.startswith("_gen_"):  # a timm generator for widths timm does not register
+        from timm.models import efficientnet
+
+        model = getattr(efficientnet, fn)(name, num_classes=num_classes, **kwargs)
+    else:
+        import timm
+
+        model = timm.create_model(fn, pretrained=False, num_classes=num_classes)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification and the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def compare(model: nnx.Module, reference, images: np.ndarray) -> dict[str, float]:
+    """Runs our model and the PyTorch reference on NHWC images; how far their logits are apart.
+
+    Returns the largest absolute logit difference, the same relative to the largest reference
+    logit, and the fractions of images whose top-1 class and top-5 set agree.
+    """
+    import torch
+
+    ours = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(images)), np.float32)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))).float().numpy()
+    diff = float(np.abs(ours - theirs).max())
+    top5 = [set(o) == set(t) for o, t in zip(np.argsort(-ours)[:, :5], np.argsort(-theirs)[:, :5], strict=True)]
+    return {
+        "max_abs_diff": diff,
+        "relative_diff": diff / float(np.abs(theirs).max()),
+        "top1": float(np.mean(ours.argmax(1) == theirs.argmax(1))),
+        "top5": float(np.mean(top5)),
+    }
+
+
+def verify(name: str, state_dict: Mapping[str, Any], images: np.ndarray, *, num_classes: int = 1000) -> bool:
+    """Prints how our model and the reference agree in float32 and bfloat16; True if within bounds.
+
+    Bounds: in float32, max |difference| <= 1e-4 x max |logit| and the same top-1 on every
+    image; in bfloat16, the same top-1 on at least 95 % of the images.
+    """
+    reference = reference_model(name, num_classes=num_classes)
+    reference.load_state_dict(dict(state_dict), strict=True)
+    ok = True
+    for dtype, label in ((jnp.float32, "float32"), (jnp.bfloat16, "bfloat16")):
+        model = from_torch(name, state_dict, num_classes=num_classes, dtype=dtype)
+        r = compare(model, reference, images)
+        good = r["relative_diff"] <= 1e-4 and r["top1"] == 1.0 if dtype == jnp.float32 else r["top1"] >= 0.95
+        ok &= good
+        print(
+            f"{label:9s} max |logit difference| {r['max_abs_diff']:.3g} ({r['relative_diff']:.2g} of max |logit|), "
+            f"top-1 agreement {r['top1']:.1%}, top-5 {r['top5']:.1%} on {len(images)} images: "
+            f"{'ok' if good else 'FAILED'}"
+        )
+    return ok
+
+
+def _verification_images(args, name: str) -> np.ndarray:
+    from input_pipeline import load_images, sample_photos
+
+    size = args.resolution or model_info(name).resolution
+    if args.images:
+        import glob
+
+        paths = sorted(p for pattern in args.images for p in glob.glob(pattern))
+        return load_images(paths, size)
+    return sample_photos(size, views=4)  # each photo, its mirror image and two crops
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lightnets.convert",
+        description="Convert weights between PyTorch checkpoints and lightnets weights directories.",
+        epilog="PyTorch -> lightnets: --model NAME --torch_checkpoint PATH --output DIR. "
+        "lightnets -> PyTorch: --checkpoint DIR --to_torch OUT.pth. Add --verify to compare with "
+        "the reference PyTorch model (torchvision or timm must be installed).",
+    )
+    parser.add_argument("--model", help="registered variant of the PyTorch checkpoint (see lightnets.list_models())")
+    parser.add_argument("--torch_checkpoint", help="PyTorch state dict, training checkpoint or .safetensors file")
+    parser.add_argument("--output", help="lightnets weights directory to write")
+    parser.add_argument("--checkpoint", help="lightnets weights directory to read")
+    parser.add_argument("--to_torch", help="PyTorch state dict (.pth) to write from --checkpoint")
+    parser.add_argument("--num_classes", type=int, help="classifier size (default: the checkpoint's must be 1000)")
+    parser.add_argument("--layout", choices=LAYOUTS, help="state-dict layout (default: detected / the reference's)")
+    parser.add_argument("--verify", action="store_true", help="compare with the reference PyTorch model on photos")
+    parser.add_argument("--images", nargs="+", help="image files or globs for --verify (default: sample photos)")
+    parser.add_argument("--resolution", type=int, help="--verify resolution (default: the variant's reference one)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    args = parser.parse_args(argv)
+
+    from lightnets import checkpoint
+
+    if args.torch_checkpoint:
+        if not (args.model and args.output):
+            parser.error("--torch_checkpoint needs --model and --output")
+        state_dict = load_state_dict(args.torch_checkpoint)
+        model = from_torch(args.model, state_dict, num_classes=args.num_classes, layout=args.layout)
+        checkpoint.save_weights(model, args.output, overwrite=args.overwrite)
+        print(f"wrote {args.model} ({model.num_classes} classes) to {args.output}")
+        name = args.model
+    elif args.checkpoint:
+        if not args.to_torch:
+            parser.error("--checkpoint needs --to_torch")
+        import torch
+
+        model = checkpoint.load_weights(args.checkpoint)
+        name = model.variant
+        torch.save(to_torch(model, layout=args.layout), args.to_torch)
+        print(f"wrote {name} ({model.num_classes} classes) as a PyTorch state dict to {args.to_torch}")
+    else:
+        parser.error("give --torch_checkpoint (PyTorch -> lightnets) or --checkpoint (lightnets -> PyTorch)")
+
+    if args.verify:
+        if model.num_classes == 0:
+            parser.error("--verify needs a classifier")
+        # The reference loads what we convert to, in its own layout, with strict=True.
+        ok = verify(name, to_torch(model), _verification_images(args, name), num_classes=model.num_classes)
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
