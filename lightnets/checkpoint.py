@@ -32,6 +32,7 @@ def save_weights(model: nnx.Module, directory: str | os.PathLike, *, overwrite: 
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True to replace it")
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / METADATA).unlink(missing_ok=True)  # an overwrite cut off half way must not look complete
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "state", nnx.state(model, _WEIGHTS), force=True)
         checkpointer.wait_until_finished()

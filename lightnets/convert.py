@@ -302,9 +302,12 @@ def from_torch(
         differs, when the checkpoint is of another architecture, width or class count.
     """
     state_dict = load_state_dict(checkpoint)
-    layout = layout or detect_layout(state_dict)
     classes = 1000 if num_classes is None else num_classes
     abstract = nnx.eval_shape(lambda: create_model(name, num_classes=classes, dtype=dtype))
+    if layout is None:
+        layout = detect_layout(state_dict)
+        if not any(isinstance(abstract, cls) and lay == layout for cls, lay in _NAMERS):
+            layout = default_layout(name)  # another network's checkpoint: report its keys against ours
     names = torch_names(abstract, layout)
     # The classifier's keys are the same whatever its size: take them from a 1000-class model.
     with_head = abstract if classes == 1000 else nnx.eval_shape(lambda: create_model(name, dtype=dtype))

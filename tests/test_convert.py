@@ -46,7 +46,7 @@ def randomized_reference(name, timm_layout=False):
         reference = timm.create_model(name.replace("mobilenet_v2_", "mobilenetv2_"), pretrained=False)
     else:
         reference = convert.reference_model(name)
-    randomize(reference, photos())
+    randomize(reference, photos(), views=4)
     return reference, {k: v.clone() for k, v in reference.state_dict().items()}
 
 
@@ -176,6 +176,15 @@ def test_other_architecture_is_refused_with_missing_and_unexpected_keys():
     message = str(error.value)
     assert "missing keys" in message and "features.1.conv.0.0.weight" in message
     assert "unexpected keys" in message and "stage2.0.branch1.0.weight" in message
+
+
+def test_checkpoint_in_a_layout_the_variant_lacks_is_refused_with_its_keys():
+    _, state_dict = randomized_reference("mobilenet_v2_035")  # torchvision's keys
+    with pytest.raises(convert.CheckpointMismatchError) as error:
+        convert.from_torch("mobilenet_v1_025", state_dict)  # timm's layout only
+    message = str(error.value)
+    assert "missing keys" in message and "conv_stem.weight" in message
+    assert "unexpected keys" in message and "features.0.0.weight" in message
 
 
 def test_class_count_is_refused_unless_asked_for():
