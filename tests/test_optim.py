@@ -1,0 +1,148 @@
+"""Optimisers and schedules against PyTorch's and timm's, update for update."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from lightnets import optim
+
+torch = pytest.importorskip("torch")
+timm_optim = pytest.importorskip("timm.optim")
+timm_scheduler = pytest.importorskip("timm.scheduler")
+
+
+def _config(**overrides):
+    config = ml_collections.ConfigDict(
+        {
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "lr_base_batch_size": 0,
+            "batch_size": 256,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 0.01,
+            "weight_decay_norm_and_bias": False,
+            "opt_eps": 1e-3,
+            "schedule": "cosine",
+            "warmup_epochs": 2,
+            "warmup_lr": 0.01,
+            "min_lr": 0.0,
+            "decay_epochs": 2.4,
+            "decay_rate": 0.97,
+            "num_epochs": 8,
+            "num_train_steps": 0,
+            "grad_clip_norm": 0.0,
+        }
+    )
+    config.update(overrides)
+    return config
+
+
+def _torch_optimizer(config, decay, no_decay):
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer == "rmsprop_tf":
+        return timm_optim.RMSpropTF(groups, lr=config.lr, alpha=0.9, eps=config.opt_eps, momentum=config.momentum)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, eps=config.opt_eps)
+    return timm_optim.Lamb(groups, lr=config.lr, eps=config.opt_eps, max_grad_norm=None)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "extra"),
+    [
+        ("sgd", {}),
+        ("sgd", {"nesterov": True}),
+        ("sgd", {"momentum": 0.0}),
+        ("rmsprop_tf", {}),
+        ("adamw", {"opt_eps": 1e-8}),
+        ("lamb", {"opt_eps": 1e-6}),
+    ],
+)
+def test_updates_equal_pytorch(optimizer, extra):
+    """The same gradients, the same changing learning rate: the same parameters after every step."""
+    config = _config(optimizer=optimizer, **extra)
+    steps_per_epoch = 3
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.normal(size=(4, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(12)]
+
+    schedule = optim.create_schedule(config, steps_per_epoch)
+    tx = optim.create_optimizer(config, steps_per_epoch, params)
+    ours = jax.tree.map(jnp.asarray, params)
+    state = tx.init(ours)
+    theirs = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    torch_tx = _torch_optimizer(config, [theirs["kernel"]], [theirs["bias"]])
+    for step, g in enumerate(grads):
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, ours)
+        ours = optax.apply_updates(ours, updates)
+        for group in torch_tx.param_groups:
+            group["lr"] = float(schedule(step))
+        for k, v in theirs.items():
+            v.grad = torch.tensor(g[k])
+        torch_tx.step()
+        for k in params:
+            np.testing.assert_allclose(
+                ours[k], theirs[k].detach().numpy(), rtol=2e-5, atol=1e-5, err_msg=f"step {step}"
+            )
+
+
+def test_step_schedule_is_timms():
+    """0.97 every 2.4 epochs, counted in whole epochs, after a linear warm-up from warmup_lr."""
+    config = _config(schedule="step", warmup_epochs=3, warmup_lr=1e-4, num_epochs=20)
+    steps_per_epoch = 5
+    schedule = optim.create_schedule(config, steps_per_epoch)
+
+    def timm_step(**kwargs):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+        # warmup_prefix=False: what timm's train.py (create_scheduler_v2) passes; the warm-up
+        # epochs count towards the decay.
+        return timm_scheduler.StepLRScheduler(
+            optimizer, decay_t=2.4, decay_rate=0.97, warmup_lr_init=1e-4, warmup_prefix=False, **kwargs
+        )
+
+    per_epoch = timm_step(warmup_t=3)  # the recipe's: the rate changes at epoch boundaries
+    per_step = timm_step(warmup_t=3 * steps_per_epoch, t_in_epochs=False)  # a smooth warm-up
+    for step in range(3 * steps_per_epoch, 20 * steps_per_epoch):
+        np.testing.assert_allclose(schedule(step), per_epoch._get_lr(step // steps_per_epoch)[0], rtol=1e-5)
+    for step in range(3 * steps_per_epoch):
+        np.testing.assert_allclose(schedule(step), per_step._get_lr(step)[0], rtol=1e-4)
+
+
+def test_cosine_warms_up_then_decays_to_min_lr():
+    config = _config(schedule="cosine", warmup_epochs=1, warmup_lr=0.0, min_lr=1e-3, num_epochs=10)
+    schedule = optim.create_schedule(config, steps_per_epoch=10)
+    assert schedule(0) == 0.0
+    np.testing.assert_allclose(schedule(5), 0.05, rtol=1e-6)
+    np.testing.assert_allclose(schedule(10), 0.1, rtol=1e-6)
+    np.testing.assert_allclose(schedule(100), 1e-3, rtol=1e-5)
+    assert all(schedule(s) >= schedule(s + 1) for s in range(10, 100))
+
+
+def test_learning_rate_scales_with_the_batch():
+    assert optim.scaled_lr(_config(lr=0.1, lr_base_batch_size=256, batch_size=1024)) == pytest.approx(0.4)
+    assert optim.scaled_lr(_config(lr=0.1, lr_base_batch_size=0, batch_size=1024)) == pytest.approx(0.1)
+
+
+def test_weight_decay_spares_batchnorm_and_biases_unless_asked():
+    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2))}, "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for include, expected_bn in ((False, 1.0), (True, 0.9)):
+        config = _config(optimizer="sgd", momentum=0.0, lr=1.0, weight_decay=0.1, schedule="constant", warmup_epochs=0)
+        config.weight_decay_norm_and_bias = include
+        tx = optim.create_optimizer(config, 1, params)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(new["conv"]["kernel"], 0.9)
+        np.testing.assert_allclose(new["bn"]["scale"], expected_bn)
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adam'.*rmsprop_tf"):
+        optim.create_optimizer(_config(optimizer="adam"), 1)
+    with pytest.raises(ValueError, match=r"unknown schedule 'cos'.*cosine"):
+        optim.create_schedule(_config(schedule="cos"), 1)
