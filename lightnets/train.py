@@ -1,0 +1,188 @@
+"""The train and eval steps: pure functions of a `TrainState`, jitted over a mesh of all devices.
+
+    mesh = train.make_mesh()
+    state, graphdefs = train.create_train_state(model, tx)
+    train_step = train.jit_train_step(train.make_train_step(graphdefs, tx), mesh, state)
+    state, metrics = train_step(state, images, labels)   # images uint8 or float NHWC, sharded
+
+The batch is sharded over the mesh's `data` axis and everything else replicated, so BatchNorm's
+statistics are those of the global batch (XLA inserts the cross-device reductions). The state is
+donated: its buffers are reused for the new one. Parameters and BatchNorm statistics stay
+float32; the model computes in its own `dtype`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a pytree of arrays, checkpointed as it is."""
+
+    step: jax.Array
+    params: nnx.State
+    batch_stats: nnx.State
+    rngs: nnx.State  # the dropout and stochastic-depth stream's key and counter
+    opt_state: optax.OptState
+    ema_params: nnx.State
+    ema_batch_stats: nnx.State
+
+
+@flax.struct.dataclass
+class GraphDefs:
+    """The model's structure in train mode (dropout on, batch statistics) and in eval mode."""
+
+    train: nnx.GraphDef = flax.struct.field(pytree_node=False)
+    eval: nnx.GraphDef = flax.struct.field(pytree_node=False)
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over all devices (of all hosts), axis `data`."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[TrainState, GraphDefs]:
+    """The state of a fresh run from `model`'s current weights; the EMA starts at them."""
+    model.eval()
+    eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
+    model.train()
+    train_def, params, batch_stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        rngs=rngs,
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+    )
+    return state, GraphDefs(train=train_def, eval=eval_def)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Mean softmax cross-entropy with label smoothing, as `torch.nn.CrossEntropyLoss(label_smoothing=)`."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+
+def _ema(decay: float, average: Any, new: Any) -> Any:
+    return jax.tree.map(lambda a, x: x if a.dtype.kind in "iu" else decay * a + (1 - decay) * x, average, new)
+
+
+def make_train_step(
+    graphdefs: GraphDefs,
+    tx: optax.GradientTransformation,
+    *,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
+    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """A pure train step: forward in train mode, gradients, optimiser update, EMA.
+
+    `preprocess` maps the batch as it arrives (e.g. uint8) to the model's input, on the device.
+    `ema_decay` 0 keeps no average (the EMA fields follow the weights).
+    """
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array):
+        x = preprocess(images) if preprocess is not None else images
+
+        def loss_fn(params):
+            # copy=True: Variables of this trace; the BatchNorm update mutates them.
+            model = nnx.merge(graphdefs.train, params, state.batch_stats, state.rngs, copy=True)
+            logits = model(x)
+            _, _, batch_stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+            return cross_entropy(logits, labels, label_smoothing), (logits, batch_stats, rngs)
+
+        (loss, (logits, batch_stats, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            rngs=rngs,
+            opt_state=opt_state,
+            ema_params=_ema(ema_decay, state.ema_params, params),
+            ema_batch_stats=_ema(ema_decay, state.ema_batch_stats, batch_stats),
+        )
+        metrics = {
+            "loss": loss,
+            "top1": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(
+    graphdefs: GraphDefs, *, preprocess: Callable[[jax.Array], jax.Array] | None = None
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """A pure eval step: summed loss, top-1 and top-5 hits over the valid examples, raw and EMA.
+
+    `valid` masks the padding of a last partial batch, so every example counts exactly once.
+    """
+
+    def evaluate(params, batch_stats, rngs, x, labels, valid):
+        logits = nnx.merge(graphdefs.eval, params, batch_stats, rngs, copy=True)(x).astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
+        return {
+            "loss": jnp.sum(losses * valid),
+            "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * valid),
+            "top5": jnp.sum(top5 * valid),
+        }
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array, valid: jax.Array):
+        x = preprocess(images) if preprocess is not None else images
+        raw = evaluate(state.params, state.batch_stats, state.rngs, x, labels, valid)
+        ema = evaluate(state.ema_params, state.ema_batch_stats, state.rngs, x, labels, valid)
+        return {**raw, **{f"ema_{k}": v for k, v in ema.items()}, "count": jnp.sum(valid)}
+
+    return step
+
+
+def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
+    """Every leaf replicated over the mesh (data parallelism)."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda _: replicated, state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over the `data` axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def jit_train_step(step: Callable, mesh: Mesh, state: TrainState) -> Callable:
+    """`step` jitted with explicit shardings; the state argument is donated."""
+    state_sh = state_sharding(mesh, state)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_sharding(mesh), batch_sharding(mesh)),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(step: Callable, mesh: Mesh, state: TrainState) -> Callable:
+    """`step` jitted with explicit shardings; nothing donated."""
+    batch = batch_sharding(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding(mesh, state), batch, batch, batch),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
