@@ -40,6 +40,7 @@ def photos(size=64):
 @functools.cache
 def randomized_reference(name, timm_layout=False):
     """The reference PyTorch model of `name`, every tensor random; and its state dict."""
+    torch.manual_seed(0)  # the initialisation of the tensors `randomize` keeps, whatever ran before
     if timm_layout:  # torchvision's mobilenet_v2(width_mult=w) is timm's mobilenetv2_<w>
         import timm
 

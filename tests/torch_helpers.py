@@ -16,8 +16,9 @@ at random, per channel, and shapes the draw so that the network behaves like a t
   per channel; set layer by layer during one eval pass over real photos, in execution order; the
   BatchNorm biases are positive on average, so that most units are active and the network is
   near the edge of chaos rather than amplifying round-off by a constant factor per layer;
-- the classifier is random plus, for each photo, its centred features added to the row of a
-  class of its own: each photo gets a clear top-1 class, as a trained classifier gives it.
+- the classifier is random plus, for each photo, the centred features of its views added to the
+  row of a class of its own: each photo gets a clear top-1 class, as a trained classifier
+  gives it.
 
 The resulting networks reproduce in float32 to about 2e-6 of the largest logit, and agree on
 top-1 in bfloat16 for 97-100 % of the photos (every variant: docs/conversion.md).
@@ -86,15 +87,14 @@ def randomize(model: torch.nn.Module, images_nhwc: np.ndarray, views: int = 1, s
             for hook in hooks:
                 hook.remove()
 
-        # One class per photo; its row gains the photo's features (the mean over its views),
-        # centred and orthogonal to their mean, scaled so that the photo's logits rise by
-        # TOP1_MARGIN standard deviations.
+        # One class per photo; its row gains each view's features, centred, orthogonal to their
+        # mean and scaled so that the view's own logit rises by TOP1_MARGIN standard deviations.
         f = features[0]
         mean = f.mean(0)
         centred = f - mean
         centred -= (centred @ mean)[:, None] * mean / mean.dot(mean)
-        photos = centred.reshape(-1, views, centred.shape[1]).mean(1)
+        per_view = centred / (centred**2).sum(1, keepdim=True)
+        photos = per_view.reshape(-1, views, per_view.shape[1]).sum(1)
         classes = torch.randperm(classifier.out_features, generator=g)[: len(photos)]
-        rows = TOP1_MARGIN * logits.std() * photos / (photos**2).sum(1, keepdim=True)
-        classifier.weight.index_add_(0, classes, rows.float())
+        classifier.weight.index_add_(0, classes, (TOP1_MARGIN * logits.std() * photos).float())
     return model
