@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from lightnets.blocks import DepthwiseSeparable, FusedMBConv, InvertedResidual
+from lightnets.checkpoint import is_head
 from lightnets.layers import BatchNorm, Conv2d, ConvBnAct, Linear
 from lightnets.models import EfficientNetV2, MobileNetV1, MobileNetV2, ShuffleNetV2
 from lightnets.registry import create_model, model_info
@@ -311,11 +312,11 @@ def from_torch(
     names = torch_names(abstract, layout)
     # The classifier's keys are the same whatever its size: take them from a 1000-class model.
     with_head = abstract if classes == 1000 else nnx.eval_shape(lambda: create_model(name, dtype=dtype))
-    head = {theirs for ours, theirs in torch_names(with_head, layout).items() if _is_head(ours)}
+    head = {theirs for ours, theirs in torch_names(with_head, layout).items() if is_head(ours)}
     ckpt_classes = next((int(state_dict[k].shape[0]) for k in sorted(head) if k in state_dict), None)
     if num_classes is not None and ckpt_classes != num_classes:
         # The caller asked for another classifier: the checkpoint's is left out, a new one is made.
-        names = {ours: theirs for ours, theirs in names.items() if not _is_head(ours)}
+        names = {ours: theirs for ours, theirs in names.items() if not is_head(ours)}
         state_dict = {k: v for k, v in state_dict.items() if k not in head}
 
     expected = dict(nnx.to_flat_state(nnx.state(abstract, (nnx.Param, nnx.BatchStat))))
@@ -345,10 +346,6 @@ def from_torch(
     nnx.update(model, nnx.from_flat_state(values))
     model.eval()
     return model
-
-
-def _is_head(path: tuple) -> bool:
-    return path[0] in ("classifier", "fc")
 
 
 def to_torch(model: nnx.Module, *, layout: str | None = None) -> dict[str, Any]:

@@ -5,14 +5,17 @@
     train_step = train.jit_train_step(train.make_train_step(graphdefs, tx), mesh, state)
     state, metrics = train_step(state, images, labels)   # images uint8 or float NHWC, sharded
 
-The batch is sharded over the mesh's `data` axis and everything else replicated, so BatchNorm's
-statistics are those of the global batch (XLA inserts the cross-device reductions). The state is
+The batch is sharded over the mesh's `data` axis, so BatchNorm's statistics are those of the
+global batch (XLA inserts the cross-device reductions). The state is replicated, or with
+`fsdp=True` its large arrays (parameters, their optimiser state and EMA) are split over the same
+axis: XLA then gathers each parameter for the step and reduce-scatters its gradient. The state is
 donated: its buffers are reused for the new one. Parameters and BatchNorm statistics stay
 float32; the model computes in its own `dtype`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +28,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+# Arrays smaller than this stay replicated under FSDP: splitting them saves little memory and
+# costs a collective each.
+FSDP_MIN_SIZE = 2**14
+
+# torchvision's and timm's ImageNet normalisation, RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @flax.struct.dataclass
@@ -52,6 +62,12 @@ def make_mesh(devices=None) -> Mesh:
     """A 1-D mesh over all devices (of all hosts), axis `data`."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def normalize_images(images: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 RGB batches (as they cross to the device) -> normalised `dtype`, on the device."""
+    x = images.astype(jnp.float32) / 255.0
+    return ((x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)).astype(dtype)
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[TrainState, GraphDefs]:
@@ -89,17 +105,27 @@ def make_train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
     preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    fsdp_mesh: Mesh | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """A pure train step: forward in train mode, gradients, optimiser update, EMA.
 
     `preprocess` maps the batch as it arrives (e.g. uint8) to the model's input, on the device.
-    `ema_decay` 0 keeps no average (the EMA fields follow the weights).
+    `ema_decay` 0 keeps no average (the EMA fields follow the weights). With `fsdp_mesh`, the
+    parameters arrive split over it (`state_sharding(fsdp=True)`): the step gathers them whole
+    for the forward pass and reduce-scatters the gradients back to the split layout; left to
+    itself, XLA may instead split activations by channel and exchange them layer by layer.
     """
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array):
         x = preprocess(images) if preprocess is not None else images
+        gather = scatter = lambda tree: tree
+        if fsdp_mesh is not None:
+            split = state_sharding(fsdp_mesh, state, fsdp=True).params
+            gather = lambda tree: jax.lax.with_sharding_constraint(tree, replicated(fsdp_mesh))  # noqa: E731
+            scatter = lambda tree: jax.lax.with_sharding_constraint(tree, split)  # noqa: E731
 
         def loss_fn(params):
+            params = gather(params)
             # copy=True: Variables of this trace; the BatchNorm update mutates them.
             model = nnx.merge(graphdefs.train, params, state.batch_stats, state.rngs, copy=True)
             logits = model(x)
@@ -107,6 +133,7 @@ def make_train_step(
             return cross_entropy(logits, labels, label_smoothing), (logits, batch_stats, rngs)
 
         (loss, (logits, batch_stats, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = scatter(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
@@ -122,6 +149,7 @@ def make_train_step(
             "loss": loss,
             "top1": jnp.mean(jnp.argmax(logits, -1) == labels),
             "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),  # not finite: the update overflowed
         }
         return new_state, metrics
 
@@ -155,10 +183,45 @@ def make_eval_step(
     return step
 
 
-def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
-    """Every leaf replicated over the mesh (data parallelism)."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda _: replicated, state)
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _fsdp_spec(shape: tuple[int, ...], n: int) -> PartitionSpec:
+    """Split the largest dimension that divides over `n` devices; small arrays stay whole."""
+    if n == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+        return PartitionSpec()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % n == 0:
+            return PartitionSpec(*([None] * dim), DATA_AXIS)
+    return PartitionSpec()
+
+
+def state_sharding(mesh: Mesh, state: TrainState, *, fsdp: bool = False) -> TrainState:
+    """Every leaf replicated over the mesh (data parallelism), or its large arrays split (FSDP)."""
+    if not fsdp:
+        return jax.tree.map(lambda _: replicated(mesh), state)
+    n = mesh.shape[DATA_AXIS]
+    return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(jnp.shape(x), n)), state)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """Host or single-device values -> global arrays with `shardings`, on one host or many.
+
+    Every process passes the same values (e.g. a model initialised from the same seed);
+    `jax.device_put` alone cannot place arrays on other hosts' devices.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put_leaf(x, sharding):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put_leaf(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(put_leaf, tree, shardings)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -166,23 +229,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def jit_train_step(step: Callable, mesh: Mesh, state: TrainState) -> Callable:
+def jit_train_step(step: Callable, mesh: Mesh, state: TrainState, *, fsdp: bool = False) -> Callable:
     """`step` jitted with explicit shardings; the state argument is donated."""
-    state_sh = state_sharding(mesh, state)
-    replicated = NamedSharding(mesh, PartitionSpec())
+    state_sh = state_sharding(mesh, state, fsdp=fsdp)
     return jax.jit(
         step,
         in_shardings=(state_sh, batch_sharding(mesh), batch_sharding(mesh)),
-        out_shardings=(state_sh, replicated),
+        out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=0,
     )
 
 
-def jit_eval_step(step: Callable, mesh: Mesh, state: TrainState) -> Callable:
+def jit_eval_step(step: Callable, mesh: Mesh, state: TrainState, *, fsdp: bool = False) -> Callable:
     """`step` jitted with explicit shardings; nothing donated."""
     batch = batch_sharding(mesh)
     return jax.jit(
         step,
-        in_shardings=(state_sharding(mesh, state), batch, batch, batch),
-        out_shardings=NamedSharding(mesh, PartitionSpec()),
+        in_shardings=(state_sharding(mesh, state, fsdp=fsdp), batch, batch, batch),
+        out_shardings=replicated(mesh),
     )
