@@ -1,16 +1,80 @@
-"""Default configuration: MobileNetV2 1.0 at 224 px.
+"""The fields every config has, with their defaults; the family configs set their seed's recipe.
 
-Override any field on the command line, e.g. `--config.model=shufflenet_v2_x1_0`.
+Override any field on the command line, e.g. `--config.batch_size=256 --config.lr=0.1`; a field
+that does not exist is an error. `main.py --helpfull` lists the flags, this file documents them.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = "mobilenet_v2_100"  # a name from `lightnets.list_models()`
-    config.num_classes = 1000  # classifier size
-    config.image_size = 224  # input resolution, pixels (square)
-    config.dtype = "bfloat16"  # computation dtype; parameters and BatchNorm statistics stay float32
-    config.seed = 0  # initialisation seed
-    return config
+    c = ml_collections.ConfigDict()
+    # What to train, on what.
+    c.model = "mobilenet_v2_100"  # a name from `lightnets.list_models()`
+    c.num_classes = 1000  # classifier size; 0: the data set's class count
+    c.dataset = "tfds:imagenet2012"  # input pipeline source: digits, synthetic[:N], tfds:NAME, folder:PATH
+    c.image_size = 224  # training and evaluation resolution, pixels (square)
+    c.dtype = "bfloat16"  # computation dtype; parameters and BatchNorm statistics stay float32
+    c.seed = 0  # initialisation, data order and dropout
+    c.init_from = ""  # a weights directory (python -m lightnets.convert --output) to fine-tune from
+    c.dropout = placeholder(float)  # classifier dropout; None: the variant's default
+    c.drop_path_rate = placeholder(float)  # stochastic depth; None: the variant's default
+
+    # How long, in what batches. num_train_steps > 0 overrides num_epochs.
+    c.batch_size = 1024  # global, over all devices and hosts
+    c.eval_batch_size = 0  # 0: batch_size
+    c.num_epochs = 90.0
+    c.num_train_steps = -1
+
+    # Optimiser (lightnets/optim.py): sgd, rmsprop_tf, adamw or lamb.
+    c.optimizer = "sgd"
+    c.lr = 0.4  # at lr_base_batch_size images; scaled linearly to batch_size
+    c.lr_base_batch_size = 0  # 0: lr is used as it is, whatever the batch size
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 4e-5
+    c.weight_decay_norm_and_bias = False  # False: no decay on BatchNorm parameters and biases
+    c.opt_eps = 1e-3  # rmsprop_tf (inside the square root); adamw/lamb epsilon
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.rmsprop_decay = 0.9
+    c.grad_clip_norm = 0.0  # 0: no clipping
+    # Learning-rate schedule: linear warmup, then cosine, step, exponential, linear or constant.
+    c.schedule = "cosine"
+    c.warmup_epochs = 0.0
+    c.warmup_lr = 0.0
+    c.min_lr = 0.0
+    c.decay_epochs = 2.4  # step/exponential: decay every decay_epochs by decay_rate
+    c.decay_rate = 0.97
+
+    # Regularisation.
+    c.label_smoothing = 0.1
+    c.ema_decay = 0.0  # 0: no EMA; else evaluated (and kept best by) alongside the raw weights
+    # Augmentations of the seeds' recipes; they arrive with the input-pipeline work, and until
+    # then a recipe that asks for one stops with a clear error instead of silently training without.
+    c.randaugment = ""  # e.g. "rand-m9-mstd0.5" (timm)
+    c.mixup = 0.0
+
+    # Sharding: FSDP splits parameters and optimiser state over the devices (large EfficientNetV2s).
+    c.fsdp = False
+
+    # Bookkeeping.
+    c.log_every_steps = 50  # console line and TensorBoard scalars
+    c.eval_every_epochs = 1.0  # 0: only at the end
+    c.checkpoint_every_steps = 0  # 0: at every evaluation only
+    c.keep_checkpoints = 3  # the last N, plus the best by (EMA) top-1
+    c.profile_steps = 0  # > 0: a profiler trace of that many steps, after warm-up, in workdir/profile
+    return c
+
+
+def family_config(family: str, variant: str, default_variant: str) -> ml_collections.ConfigDict:
+    """The defaults with `model` set from the config argument, e.g. `configs/shufflenetv2.py:x0_5`."""
+    import lightnets
+
+    c = get_config()
+    c.model = f"{family}_{variant or default_variant}"
+    if c.model not in lightnets.list_models():
+        options = [m.removeprefix(family + "_") for m in lightnets.list_models(family + "_*")]
+        raise ValueError(f"unknown {family} variant {variant!r}; choose one of {options}")
+    return c

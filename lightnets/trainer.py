@@ -1,0 +1,407 @@
+"""The training loop: config -> data -> model -> train step -> checkpoints and metrics.
+
+    trainer.train_and_evaluate(config, workdir)   # what `python main.py` runs
+    trainer.evaluate(config, workdir, checkpoint=None)
+
+One path, top to bottom: `train_and_evaluate` checks the config (before anything compiles),
+builds the mesh, the data, the model and the optimiser, restores the latest checkpoint of the
+workdir if there is one, then loops over the jitted train step. Around the step: console progress
+with an ETA, clu metric writers (TensorBoard in the workdir), evaluation of the raw and EMA weights
+every `eval_every_epochs`, asynchronous checkpoints, a profiler trace on request, and a clean stop
+on SIGTERM. The step itself is the pure function of `lightnets.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import os
+import pathlib
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from input_pipeline import datasets
+from lightnets import checkpoint, optim, train
+from lightnets.registry import create_model, model_info
+
+# Fields every config has, under these names (scripts rely on them).
+REQUIRED_FIELDS = ("model", "dataset", "image_size", "batch_size", "num_epochs", "num_train_steps", "dtype", "seed")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients stopped being finite."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """What the loop needs, built from the config before anything is compiled."""
+
+    mesh: jax.sharding.Mesh
+    model: nnx.Module
+    train_source: Any
+    eval_source: Any
+    steps_per_epoch: int
+    num_train_steps: int
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError for a config that cannot train, naming the field and what would work."""
+    missing = [f for f in REQUIRED_FIELDS if f not in config]
+    if missing:
+        raise ValueError(f"the config lacks the fields {missing}; every config has {list(REQUIRED_FIELDS)}")
+    model_info(config.model)  # unknown names raise with close matches
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype {config.dtype!r} is not one of {list(DTYPES)}")
+    datasets.local_batch_size(config.batch_size)  # must divide over the devices
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        raise ValueError("set num_epochs or num_train_steps to a positive number")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+    """The configured network, initialised from `config.seed` or from the weights in `init_from`."""
+    options = {k: config[k] for k in ("dropout", "drop_path_rate") if config.get(k) is not None}
+    try:
+        model = create_model(
+            config.model, num_classes=num_classes, dtype=DTYPES[config.dtype], rngs=nnx.Rngs(config.seed), **options
+        )
+    except TypeError as e:
+        raise ValueError(f"{config.model} does not take the options {options}: {e}") from None
+    if config.get("init_from"):
+        _load_initial_weights(model, config.init_from)
+    return model
+
+
+def _load_initial_weights(model: nnx.Module, directory: str) -> None:
+    """Fine-tuning: weights from a converter (or `save_weights`) directory; a new head if the class count differs."""
+    source = checkpoint.load_weights(directory)
+    if source.variant != model.variant:
+        raise ValueError(f"init_from={directory} holds {source.variant}, but the config trains {model.variant}")
+    weights = nnx.to_flat_state(nnx.state(source, (nnx.Param, nnx.BatchStat)))
+    if source.num_classes != model.num_classes:
+        logging.info("init_from: %d classes in %s, %d here: the classifier starts fresh", source.num_classes,
+                     directory, model.num_classes)  # fmt: skip
+        weights = [(path, v) for path, v in weights if not checkpoint.is_head(path)]
+    nnx.update(model, nnx.from_flat_state(weights))
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    """Data, model and mesh for training; every error here comes before any compilation."""
+    check_config(config)
+    wanted = [f"{k}={config[k]!r}" for k in ("randaugment", "mixup") if config.get(k)]
+    if wanted:
+        raise ValueError(
+            f"this config asks for {', '.join(wanted)}, which the input pipeline does not implement yet; "
+            "override them (--config.randaugment='' --config.mixup=0) to train without"
+        )
+    train_source = datasets.create_source(config.dataset, "train", image_size=config.image_size,
+                                          num_classes=config.get("num_classes"))  # fmt: skip
+    eval_source = datasets.create_source(config.dataset, "validation", image_size=config.image_size,
+                                         num_classes=config.get("num_classes"))  # fmt: skip
+    num_classes = config.get("num_classes") or train_source.num_classes
+    if num_classes < train_source.num_classes:
+        raise ValueError(f"num_classes={num_classes} but {config.dataset} has {train_source.num_classes} classes")
+    steps_per_epoch = len(train_source) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{config.dataset} has {len(train_source)} training examples, fewer than batch_size")
+    total = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
+    return Setup(train.make_mesh(), build_model(config, num_classes), train_source, eval_source, steps_per_epoch, total)
+
+
+def _global(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's share of a batch -> global arrays sharded over the data axis."""
+    sharding = train.batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _run_metadata(config: ml_collections.ConfigDict, model: nnx.Module) -> dict:
+    return {"model": model.variant, "num_classes": model.num_classes, "config": config.to_dict()}
+
+
+def run_evaluation(eval_step, state, source, config, mesh) -> dict[str, float]:
+    """Loss, top-1 and top-5 over the whole evaluation split, for the raw and the EMA weights."""
+    totals = None
+    for batch in datasets.eval_batches(source, global_batch_size=config.get("eval_batch_size") or config.batch_size):
+        b = _global(mesh, batch)
+        sums = eval_step(state, b["image"], b["label"], b["valid"])
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = _fetch(totals)
+    count = float(totals.pop("count"))
+    return {k: float(v) / count for k, v in totals.items()}
+
+
+class _Progress:
+    """Console lines with throughput and an ETA; timing windows exclude evaluation and saving."""
+
+    def __init__(self, total_steps: int, batch_size: int, steps_per_epoch: int):
+        self.total, self.batch_size, self.steps_per_epoch = total_steps, batch_size, steps_per_epoch
+        self.restart(0)
+
+    def restart(self, step: int) -> None:
+        self.window_start, self.window_step = time.perf_counter(), step
+
+    def tick(self, step: int) -> dict[str, float]:
+        """Throughput over the window that ends at `step` (the caller has synced the device)."""
+        elapsed = time.perf_counter() - self.window_start
+        steps = max(step - self.window_step, 1)
+        self.restart(step)
+        step_time = elapsed / steps
+        return {"step_time_ms": 1000 * step_time, "images_per_sec": self.batch_size / step_time}
+
+    def line(self, step: int, scalars: dict[str, float]) -> str:
+        eta = (self.total - step) * scalars["step_time_ms"] / 1000
+        return (
+            f"step {step}/{self.total} (epoch {step / self.steps_per_epoch:.2f}) "
+            f"loss {scalars['train_loss']:.4f} top1 {100 * scalars['train_top1']:.1f}% "
+            f"lr {scalars['learning_rate']:.4g} | "
+            f"{scalars['images_per_sec']:.0f} img/s, {scalars['step_time_ms']:.1f} ms/step, ETA {_duration(eta)}"
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class _StopRequest:
+    """SIGTERM (preemption, `kill`) asks the loop to save and leave at the next step boundary."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+    def requested(self, step: int, every: int) -> bool:
+        if jax.process_count() == 1:
+            return self.event.is_set()
+        # Every process must stop at the same step, and agreeing costs a collective: ask every
+        # `every` steps whether any process was asked to stop.
+        if step % every:
+            return False
+        return bool(multihost_utils.process_allgather(np.asarray(self.event.is_set())).any())
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _metric_writer(workdir: pathlib.Path):
+    """TensorBoard event files in `workdir`, written by process 0 (the console has its own lines)."""
+    # TensorFlow (clu's writer) only writes summaries: with its default thread pools, their
+    # spinning threads took a third of the CPU from XLA's step on 2 cores (quickstart 184 s -> 111 s).
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    from clu import metric_writers
+
+    if jax.process_index() > 0:
+        return metric_writers.MultiWriter([])
+    return metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    flat = {}
+
+    def visit(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{prefix}{k}.", v)
+        else:
+            flat[prefix[:-1]] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    visit("", config.to_dict())
+    return flat
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
+    """Trains as `config` says, resuming from `workdir` when it holds a checkpoint; returns the final state."""
+    workdir = pathlib.Path(workdir).absolute()
+    s = setup(config)
+    mesh, dtype, fsdp = s.mesh, DTYPES[config.dtype], config.get("fsdp", False)
+    tx = optim.create_optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
+    schedule = optim.create_schedule(config, s.steps_per_epoch)
+    state, graphdefs = train.create_train_state(s.model, tx)
+    state = train.put(state, train.state_sharding(mesh, state, fsdp=fsdp))
+    preprocess = functools.partial(train.normalize_images, dtype=dtype)
+    step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.get("label_smoothing", 0.0),
+                                    ema_decay=config.get("ema_decay", 0.0), preprocess=preprocess,
+                                    fsdp_mesh=mesh if fsdp else None)  # fmt: skip
+    train_step = train.jit_train_step(step_fn, mesh, state, fsdp=fsdp)
+    eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state, fsdp=fsdp)
+    data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed)
+
+    ema = config.get("ema_decay", 0.0) > 0
+    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
+                                      best_metric="ema_top1" if ema else "top1")  # fmt: skip
+    run = _run_metadata(config, s.model)
+    start = ckpts.latest_step()
+    if start is not None:
+        saved = ckpts.read_run(start)
+        if (saved["model"], saved["num_classes"]) != (run["model"], run["num_classes"]):
+            raise ValueError(
+                f"{workdir} holds a run of {saved['model']} with {saved['num_classes']} classes; this config trains "
+                f"{run['model']} with {run['num_classes']}: use another --workdir"
+            )
+        state = ckpts.restore(start, state, data)
+        logging.info("Resumed from %s at step %d", ckpts.directory / str(start), start)
+    step = int(_fetch(state.step))
+
+    writer = _metric_writer(workdir)
+    if step == 0:
+        writer.write_hparams(_flat_hparams(config))
+    logging.info("Training %s on %s: %d steps of %d images (%d per epoch) on %d devices%s", config.model,
+                 config.dataset, s.num_train_steps, config.batch_size, s.steps_per_epoch, jax.device_count(),
+                 " (FSDP)" if fsdp else "")  # fmt: skip
+
+    log_every = config.get("log_every_steps", 50)
+    checkpoint_every = config.get("checkpoint_every_steps", 0) or s.steps_per_epoch
+    eval_epochs = config.get("eval_every_epochs", 1)
+    eval_every = max(1, round(eval_epochs * s.steps_per_epoch)) if eval_epochs > 0 else s.num_train_steps
+    profile_steps = config.get("profile_steps", 0)
+    profile_start = step + 5 if profile_steps else None  # after compilation and warm-up
+    progress, stop, pending = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch), _StopRequest(), []
+    last_good, compiled, profiling, started = start, False, False, time.perf_counter()
+    try:
+        while step < s.num_train_steps:
+            if step == profile_start:
+                jax.profiler.start_trace(str(workdir / "profile"))
+                profiling = True
+            batch = _global(mesh, next(data))
+            state, metrics = train_step(state, batch["image"], batch["label"])
+            step += 1
+            pending.append(metrics)
+            if not compiled:  # keep compilation out of the throughput figures
+                jax.block_until_ready(metrics)
+                logging.info("First step (compilation included) took %.1f s", time.perf_counter() - started)
+                progress.restart(step)
+                compiled = True
+            if profile_start is not None and step == profile_start + profile_steps:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                profiling = False
+                logging.info("Profiler trace of steps %d-%d in %s", profile_start, step, workdir / "profile")
+
+            stopping = stop.requested(step, log_every)
+            evaluate_now = step % eval_every == 0 or step == s.num_train_steps
+            save_now = evaluate_now or step % checkpoint_every == 0 or stopping
+            if step % log_every == 0 or save_now:
+                # Fetching syncs with the device; nothing diverged may be saved, so check first.
+                fetched = [_fetch(m) for m in pending]
+                means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                pending = []
+                if not all(math.isfinite(v) for v in means.values()):
+                    where = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint was saved"
+                    raise TrainingDiverged(
+                        f"training diverged at step {step}: loss {means['loss']}, gradient norm "
+                        f"{means['grad_norm']}; {where} in {ckpts.directory}. Lower the learning rate "
+                        "(--config.lr), add warmup (--config.warmup_epochs) or clip (--config.grad_clip_norm)."
+                    )
+                scalars = {f"train_{k}": v for k, v in means.items()}
+                scalars["learning_rate"] = float(schedule(step - 1))
+                scalars.update(progress.tick(step))
+                writer.write_scalars(step, scalars)
+                logging.info("%s", progress.line(step, scalars))
+            if save_now:
+                eval_metrics = None
+                if evaluate_now:
+                    eval_metrics = run_evaluation(eval_step, state, s.eval_source, config, mesh)
+                    writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+                    logging.info("step %d eval: %s", step, _eval_line(eval_metrics, ema))
+                ckpts.save(step, state, data, run, metrics=eval_metrics)
+                last_good = step
+                writer.flush()
+                progress.restart(step)
+            if stopping:
+                logging.warning("Stop requested (SIGTERM): saved step %d; run the same command to resume", step)
+                break
+        logging.info("Parameters at step %d: fingerprint %s (process %d)", step, fingerprint(state.params),
+                     jax.process_index())  # fmt: skip
+    finally:
+        if profiling:  # the run ended inside the traced steps
+            jax.profiler.stop_trace()
+        ckpts.wait()  # an asynchronous save in flight completes before we leave
+        ckpts.close()
+        writer.close()
+        stop.restore()
+    return state
+
+
+def fingerprint(params: Any) -> str:
+    """A short hash of parameter values, to compare runs and hosts bit for bit."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(_fetch(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fetch(tree: Any) -> Any:
+    """Device values -> numpy on every host: a replicated array from this process's copy."""
+
+    def fetch(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))  # e.g. FSDP-split parameters
+
+    return jax.tree.map(fetch, tree)
+
+
+def _eval_line(m: dict[str, float], ema: bool) -> str:
+    line = f"loss {m['loss']:.4f} top1 {100 * m['top1']:.2f}% top5 {100 * m['top5']:.2f}%"
+    if ema:
+        line += f" | EMA loss {m['ema_loss']:.4f} top1 {100 * m['ema_top1']:.2f}% top5 {100 * m['ema_top5']:.2f}%"
+    return line
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_dir: str | None = None) -> dict:
+    """Evaluates a checkpoint on the config's validation split.
+
+    `checkpoint_dir` is a weights directory (the converter's output) or a trainer workdir; by
+    default the latest checkpoint of `workdir`. Returns the metrics (raw and EMA weights).
+    """
+    check_config(config)
+    target = pathlib.Path(checkpoint_dir or workdir).absolute()
+    mesh, dtype = train.make_mesh(), DTYPES[config.dtype]
+    source = datasets.create_source(config.dataset, "validation", image_size=config.image_size,
+                                    num_classes=config.get("num_classes"))  # fmt: skip
+    if (target / checkpoint.METADATA).exists():  # a weights directory
+        model = checkpoint.load_weights(target, dtype=dtype)
+        state, graphdefs = train.create_train_state(model, optax.identity())
+        state = train.put(state, train.state_sharding(mesh, state))
+        what = f"weights {target}"
+    else:
+        ckpts = checkpoint.RunCheckpoints(target / "checkpoints")
+        step = ckpts.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{target} holds no checkpoint: neither {checkpoint.METADATA} nor checkpoints/")
+        saved = ckpts.read_run(step)
+        run_config = ml_collections.ConfigDict(saved["config"])
+        model = create_model(saved["model"], num_classes=saved["num_classes"], dtype=dtype)
+        steps_per_epoch = max(1, len(source))  # the optimiser's structure does not depend on it
+        tx = optim.create_optimizer(run_config, steps_per_epoch, params=nnx.state(model, nnx.Param))
+        state, graphdefs = train.create_train_state(model, tx)
+        state = ckpts.restore(step, train.put(state, train.state_sharding(mesh, state)))
+        ckpts.close()
+        what = f"{target} step {step}"
+    if model.num_classes < source.num_classes:
+        raise ValueError(f"{what} has {model.num_classes} classes, {config.dataset} has {source.num_classes}")
+    preprocess = functools.partial(train.normalize_images, dtype=dtype)
+    eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state)
+    metrics = run_evaluation(eval_step, state, source, config, mesh)
+    logging.info("Evaluated %s on %s (%d images): %s", what, config.dataset, len(source), _eval_line(metrics, True))
+    return metrics
