@@ -1,10 +1,14 @@
 """Test set-up: an 8-device CPU mesh, and the smallest variant of each family."""
 
 import os
+import tempfile
 
 # Before jax is imported: exercise an 8-device mesh on one CPU, as CI has no accelerator.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Runs of the trainer within a test (in this process and in main.py subprocesses) compile the
+# same steps: a cache for this session compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lightnets-test-jax-cache-"))
 
 import pytest
 

@@ -16,12 +16,16 @@ def test_ci_runs_the_readme_test_command():
     assert ci[-1] == TEST_COMMAND
 
 
+def test_readme_first_command_trains_the_quickstart():
+    assert "pip install -r requirements.txt -e . && python main.py --config=configs/quickstart.py --workdir=" in README
+
+
 def test_main_describes_the_configured_model():
-    assert "python main.py --config=configs/default.py" in README
     result = subprocess.run(
         [
             sys.executable,
             "main.py",
+            "--mode=describe",
             "--config=configs/mobilenetv1.py",
             "--config.model=mobilenet_v1_025",
             "--config.image_size=64",
@@ -39,7 +43,7 @@ def test_main_describes_the_configured_model():
 
 def test_main_refuses_an_unknown_model_clearly():
     result = subprocess.run(
-        [sys.executable, "main.py", "--config.model=shufflenet_v2_x1"],
+        [sys.executable, "main.py", "--config.model=shufflenet_v2_x1", "--workdir=/nonexistent/never/created"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,0 +1,300 @@
+"""The trainer as users run it: configs, main.py, resuming, stopping, errors, metrics, collectives."""
+
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import lightnets
+from configs import efficientnetv2, mobilenetv1, mobilenetv2, quickstart, shufflenetv2
+from input_pipeline import datasets
+from lightnets import checkpoint, optim, train, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 24
+
+
+def tiny(**overrides):
+    """The quickstart, small enough to compile and run in seconds on the 8-device CPU mesh."""
+    c = quickstart.get_config()
+    c.update(model="mobilenet_v1_025", image_size=16, batch_size=32, num_train_steps=STEPS, log_every_steps=2,
+             checkpoint_every_steps=4, eval_every_epochs=0, ema_decay=0.9)  # fmt: skip
+    c.update(**overrides)
+    return c
+
+
+FLAGGED = ("model", "image_size", "batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
+           "eval_every_epochs", "ema_decay")  # fmt: skip
+
+
+def flags(config) -> list[str]:
+    """`tiny()` as command-line overrides of the quickstart config."""
+    return [f"--config.{k}={config[k]}" for k in FLAGGED]
+
+
+def main_py(*args, env=None) -> subprocess.Popen:
+    """main.py in a subprocess; it shares this session's compilation cache (conftest.py)."""
+    return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module, variant, model",
+    [(mobilenetv1, "", "mobilenet_v1_100"), (mobilenetv1, "050", "mobilenet_v1_050"),
+     (mobilenetv2, "", "mobilenet_v2_100"), (mobilenetv2, "140", "mobilenet_v2_140"),
+     (shufflenetv2, "x0_5", "shufflenet_v2_x0_5"), (efficientnetv2, "", "efficientnet_v2_rw_t"),
+     (efficientnetv2, "s", "efficientnet_v2_s")],
+)  # fmt: skip
+def test_family_configs_name_their_variant_and_hold_the_common_fields(module, variant, model):
+    config = module.get_config(variant)
+    assert config.model == model
+    for field in trainer.REQUIRED_FIELDS:
+        assert field in config, field
+    assert config.dataset == "tfds:imagenet2012" and config.num_classes == 1000
+
+
+def test_recipes_are_the_seeds():
+    v2, shuffle, eff = mobilenetv2.get_config(), shufflenetv2.get_config(), efficientnetv2.get_config()
+    assert (v2.num_epochs, v2.batch_size, v2.lr, v2.momentum, v2.seed) == (600, 4096, 0.4, 0.9, 49)
+    assert (shuffle.num_epochs, shuffle.batch_size, shuffle.lr, shuffle.momentum, shuffle.warmup_epochs) == (
+        240, 8192, 4.0, 0.0, 5)  # fmt: skip
+    assert (eff.optimizer, eff.opt_eps, eff.lr, eff.schedule, eff.decay_epochs, eff.decay_rate) == (
+        "rmsprop_tf", 1e-3, 0.112, "step", 2.4, 0.97)  # fmt: skip
+    assert (eff.warmup_lr, eff.weight_decay, eff.dropout, eff.drop_path_rate, eff.ema_decay, eff.image_size) == (
+        4e-6, 1e-5, 0.3, 0.2, 0.9999, 288)  # fmt: skip
+
+
+def test_unknown_variant_lists_the_choices():
+    with pytest.raises(ValueError, match="x0_5"):
+        shufflenetv2.get_config("x0_7")
+
+
+# --- clear errors, before anything compiles ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [({"batch_size": 36}, "does not divide over the 8 devices"),
+     ({"model": "mobilenet_v2_10"}, "Unknown model 'mobilenet_v2_10'.*mobilenet_v2_100"),
+     ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+     ({"mixup": 0.2}, "mixup=0.2.*--config.mixup=0"),
+     ({"dtype": "float8"}, "dtype 'float8'")],
+)  # fmt: skip
+def test_bad_config_is_a_clear_error(override, message):
+    with pytest.raises(ValueError, match=message):
+        trainer.setup(tiny(**override))
+
+
+def test_main_rejects_unknown_fields_and_models(tmp_path):
+    unknown = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.no_such_field=1")
+    out = unknown.communicate(timeout=120)[0]
+    assert unknown.returncode != 0 and "no_such_field" in out
+    start = time.perf_counter()
+    bad = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.model=mobilenet_v3")
+    out = bad.communicate(timeout=120)[0]
+    assert bad.returncode == 1 and "main.py: error: Unknown model 'mobilenet_v3'" in out
+    assert time.perf_counter() - start < 60  # no compilation happened
+
+
+# --- a run: metrics, resume after SIGTERM and SIGKILL, evaluation -------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A run that was never stopped: its workdir and final state."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    state = trainer.train_and_evaluate(tiny(), str(workdir))
+    return workdir, jax.device_get(state)
+
+
+def _wait_for(process, condition, timeout=240):
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if condition(line):
+            return "".join(lines)
+    raise AssertionError("condition not met; output:\n" + "".join(lines)[-5000:])
+
+
+def _checkpoints(workdir) -> list[int]:
+    directory = workdir / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def test_run_stopped_by_sigterm_then_killed_resumes_bit_for_bit(uninterrupted, tmp_path, monkeypatch):
+    _, reference = uninterrupted
+
+    # SIGTERM while the 10th batch goes to the devices: the run saves step 10 (not a multiple of
+    # checkpoint_every_steps) and returns normally; main.py then exits with status 0.
+    batches, to_devices = [], trainer._global
+
+    def signal_at_the_10th_batch(mesh, batch):
+        batches.append(None)
+        if len(batches) == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return to_devices(mesh, batch)
+
+    monkeypatch.setattr(trainer, "_global", signal_at_the_10th_batch)
+    trainer.train_and_evaluate(tiny(), str(tmp_path))
+    monkeypatch.undo()
+    stopped_at = 10
+    assert _checkpoints(tmp_path) == [4, 8, 10]
+
+    # main.py resumes it, and is SIGKILLed right after the next checkpoint lands.
+    run = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", *flags(tiny()))
+    _wait_for(run, lambda line: f"Resumed from {tmp_path / 'checkpoints' / str(stopped_at)}" in line)
+    killed_after, deadline = None, time.monotonic() + 240
+    while killed_after is None and time.monotonic() < deadline:
+        if any(s > stopped_at for s in _checkpoints(tmp_path)):
+            run.send_signal(signal.SIGKILL)
+            killed_after = max(_checkpoints(tmp_path))
+        time.sleep(0.005)
+    run.communicate(timeout=60)
+    assert run.returncode == -signal.SIGKILL and killed_after < STEPS
+
+    # A third start finishes the run: the same parameters, statistics, optimiser state, EMA and RNG.
+    state = jax.device_get(trainer.train_and_evaluate(tiny(), str(tmp_path)))
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state), strict=True):
+        a, b = (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))
+        np.testing.assert_array_equal(a, b)
+    assert checkpoint.RunCheckpoints(tmp_path / "checkpoints").latest_step() == STEPS
+
+
+def test_tensorboard_has_the_curves(uninterrupted):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    workdir, _ = uninterrupted
+    events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    expected = {"train_loss", "train_top1", "learning_rate", "images_per_sec", "step_time_ms"}
+    expected |= {f"eval_{p}{m}" for p in ("", "ema_") for m in ("loss", "top1", "top5")}
+    assert expected <= tags, expected - tags
+    assert "_hparams_/session_start_info" in tags  # the config as hyperparameters
+
+
+def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tmp_path):
+    workdir, state = uninterrupted
+    config = tiny()
+    metrics = trainer.evaluate(config, str(workdir))
+
+    # The same weights as a converter-style weights directory, evaluated against a direct count
+    # (364 held-out digits: the last batch of 32 is padded and must not count twice).
+    model = lightnets.create_model(config.model, num_classes=10, dtype=jnp.bfloat16)
+    model.eval()
+    nnx.update(model, state.params, state.batch_stats)
+    checkpoint.save_weights(model, tmp_path / "weights")
+    from_weights = trainer.evaluate(config, None, str(tmp_path / "weights"))
+    source = datasets.create_source("digits", "validation", image_size=config.image_size)
+    logits = nnx.jit(lambda m, x: m(x))(model, train.normalize_images(jnp.asarray(source.images), jnp.bfloat16))
+    direct = float(np.mean(np.argmax(np.asarray(logits, np.float32), -1) == source.labels))
+    assert len(source) % config.batch_size != 0
+    assert from_weights["top1"] == pytest.approx(direct, abs=2 / len(source))
+    assert metrics["top1"] == pytest.approx(direct, abs=2 / len(source))
+
+
+def test_fine_tune_from_a_converter_checkpoint_with_a_new_head(tmp_path):
+    source = lightnets.create_model("mobilenet_v1_025", num_classes=1000, rngs=nnx.Rngs(7))
+    checkpoint.save_weights(source, tmp_path / "imagenet")
+    model = trainer.build_model(tiny(init_from=str(tmp_path / "imagenet")), num_classes=10)
+    np.testing.assert_array_equal(model.conv_stem.kernel[...], source.conv_stem.kernel[...])
+    assert model.classifier.kernel.shape[-1] == 10
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    # A sane first step (warmup from 0.01), then a rate that blows the weights up.
+    config = tiny(lr=1e30, schedule="constant", warmup_lr=0.01, warmup_epochs=2 / 44, log_every_steps=1,
+                  checkpoint_every_steps=1, ema_decay=0.0)  # fmt: skip
+    with pytest.raises(trainer.TrainingDiverged, match=r"diverged at step 2.*last good checkpoint is step 1"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    assert ckpts.latest_step() == 1
+
+
+# --- the compiled step's collectives -------------------------------------------------------------
+
+COLLECTIVE = re.compile(r"=\s*(.+?)\s(all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\(")
+
+
+def _collectives(fsdp: bool):
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=10, rngs=nnx.Rngs(0))
+    tx = optax.sgd(0.1, momentum=0.9)
+    state, graphdefs = train.create_train_state(model, tx)
+    mesh = train.make_mesh()
+    step = train.make_train_step(graphdefs, tx, fsdp_mesh=mesh if fsdp else None)
+    jitted = train.jit_train_step(step, mesh, state, fsdp=fsdp)
+    batch = (jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.float32), jax.ShapeDtypeStruct((16,), jnp.int32))
+    hlo = jitted.lower(state, *batch).compile().as_text()
+    found = []
+    for result, kind in COLLECTIVE.findall(hlo):
+        shapes = re.findall(r"[a-z]+\d*\[([\d,]*)\]", result)
+        found.append((kind, [tuple(int(d) for d in s.split(",")) if s else () for s in shapes]))
+    return state, found
+
+
+def test_data_parallel_step_all_reduces_each_gradient_once_and_nothing_else():
+    state, found = _collectives(fsdp=False)
+    assert {kind for kind, _ in found} == {"all-reduce"}
+    volume = sum(int(np.prod(s)) for _, shapes in found for s in shapes)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    bn_channels = sum(x.size for x in jax.tree.leaves(state.batch_stats) if x.ndim == 1) // 2
+    # Every gradient once, plus BatchNorm's global-batch sums: mean and mean square forward,
+    # two per-channel sums backward (one of them is the bias gradient itself), plus the loss.
+    assert params + 2 * bn_channels <= volume <= params + 4 * bn_channels + 8
+
+
+def test_fsdp_step_gathers_each_split_parameter_once():
+    state, found = _collectives(fsdp=True)
+    kinds = {kind for kind, _ in found}
+    assert kinds <= {"all-reduce", "all-gather", "reduce-scatter"} and "all-gather" in kinds
+    split = sorted(x.shape for x in jax.tree.leaves(state.params) if x.size >= train.FSDP_MIN_SIZE)
+    gathered = sorted(shapes[0] for kind, shapes in found if kind == "all-gather")
+    assert len(split) > 0 and [int(np.prod(s)) for s in gathered] == [int(np.prod(s)) for s in split]
+
+
+# --- two processes -------------------------------------------------------------------------------
+
+
+def test_two_processes_train_together_and_the_checkpoint_restores_in_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env.pop("JAX_COMPILATION_CACHE_DIR")  # nothing to share here, and it slows two processes down
+    config = tiny(num_train_steps=6, checkpoint_every_steps=6)
+    runs = [
+        main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", *flags(config),
+                f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}", env=env)
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [run.communicate(timeout=400)[0] for run in runs]
+    for run, out in zip(runs, outs, strict=True):
+        assert run.returncode == 0, out[-5000:]
+    assert "Process 1 of 2; 4 local of 8 devices" in outs[1]
+    prints = [re.search(r"fingerprint (\w+) \(process (\d)\)", out).groups() for out in outs]
+    assert prints[0][0] == prints[1][0] and {p[1] for p in prints} == {"0", "1"}
+
+    # One process, 8 devices: the checkpoint both wrote restores to the same parameters.
+    s = trainer.setup(config)
+    tx = optim.create_optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
+    state, _ = train.create_train_state(s.model, tx)
+    restored = checkpoint.RunCheckpoints(tmp_path / "checkpoints").restore(6, state)
+    assert trainer.fingerprint(restored.params) == prints[0][0]
