@@ -115,9 +115,9 @@ def test_main_rejects_unknown_fields_and_models(tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """A run that was never stopped: its workdir and final state."""
+    """A run that was never stopped (with a profiler trace of 3 steps): its workdir and final state."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    state = trainer.train_and_evaluate(tiny(), str(workdir))
+    state = trainer.train_and_evaluate(tiny(profile_steps=3), str(workdir))
     return workdir, jax.device_get(state)
 
 
@@ -178,7 +178,7 @@ def test_run_stopped_by_sigterm_then_killed_resumes_bit_for_bit(uninterrupted, t
     assert checkpoint.RunCheckpoints(tmp_path / "checkpoints").latest_step() == STEPS
 
 
-def test_tensorboard_has_the_curves(uninterrupted):
+def test_tensorboard_has_the_curves_and_the_profile(uninterrupted):
     from tensorboard.backend.event_processing import event_accumulator
 
     workdir, _ = uninterrupted
@@ -189,6 +189,7 @@ def test_tensorboard_has_the_curves(uninterrupted):
     expected |= {f"eval_{p}{m}" for p in ("", "ema_") for m in ("loss", "top1", "top5")}
     assert expected <= tags, expected - tags
     assert "_hparams_/session_start_info" in tags  # the config as hyperparameters
+    assert list((workdir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))  # TensorBoard's profile tab
 
 
 def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tmp_path):
