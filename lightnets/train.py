@@ -27,14 +27,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from input_pipeline.photos import IMAGENET_MEAN, IMAGENET_STD
+
 DATA_AXIS = "data"
 # Arrays smaller than this stay replicated under FSDP: splitting them saves little memory and
 # costs a collective each.
 FSDP_MIN_SIZE = 2**14
-
-# torchvision's and timm's ImageNet normalisation, RGB in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @flax.struct.dataclass
@@ -65,7 +63,10 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def normalize_images(images: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """uint8 RGB batches (as they cross to the device) -> normalised `dtype`, on the device."""
+    """uint8 RGB batches (as they cross to the device) -> normalised `dtype`, on the device.
+
+    The device-side twin of `input_pipeline.photos.normalize`, with the same constants.
+    """
     x = images.astype(jnp.float32) / 255.0
     return ((x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)).astype(dtype)
 

@@ -114,9 +114,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     num_classes = config.get("num_classes") or train_source.num_classes
     if num_classes < train_source.num_classes:
         raise ValueError(f"num_classes={num_classes} but {config.dataset} has {train_source.num_classes} classes")
-    steps_per_epoch = len(train_source) // config.batch_size
-    if steps_per_epoch == 0:
+    if len(train_source) < config.batch_size:
         raise ValueError(f"{config.dataset} has {len(train_source)} training examples, fewer than batch_size")
+    steps_per_epoch = optim.steps_per_epoch(len(train_source), config.batch_size)
     total = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
     return Setup(train.make_mesh(), build_model(config, num_classes), train_source, eval_source, steps_per_epoch, total)
 
