@@ -1,0 +1,314 @@
+"""Per-image transforms on the host: decoding, Inception crop, flip, RandAugment, eval crop.
+
+    train = transforms.TrainTransform(224, randaugment="rand-m9-mstd0.5")
+    image = train(encoded_jpeg_bytes, np.random.default_rng(seed))   # uint8 (224, 224, 3)
+    image = transforms.EvalTransform(224, crop_pct=0.875)(encoded_jpeg_bytes)
+
+Everything takes either encoded bytes (JPEG, PNG, ...) or a uint8 array and returns uint8 RGB
+HWC: images cross to the device as uint8 and are normalised there (`train.normalize_images`).
+Randomness comes from the numpy Generator passed in (grain's `random_map` derives it from the
+seed and the example's position), so a pipeline is reproducible and resumable.
+
+Speed: JPEGs are decoded at a reduced size when the crop allows it (libjpeg's DCT scaling by
+1/2, 1/4 or 1/8 through PIL's `draft`), and crop and resize are one PIL call (`resize(box=)`).
+The crop and resize geometry is torchvision's (`RandomResizedCrop`, `Resize` + `CenterCrop`);
+RandAugment is timm's (`rand_augment_transform`), op for op.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from input_pipeline.photos import IMAGENET_MEAN
+
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+class CorruptImage(ValueError):
+    """The bytes are not a readable image (truncated, not an image, unsupported)."""
+
+
+def open_image(data: bytes | np.ndarray) -> Image.Image:
+    """Encoded bytes or a uint8 array -> a PIL image, not yet decoded (for bytes) so `draft` still applies."""
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(data)
+    if not data:
+        raise CorruptImage("empty file")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Exception:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise CorruptImage("not a format PIL can read") from None
+
+
+def _resize_box(image: Image.Image, box: tuple[float, ...], size: tuple[int, int], resample, draft: bool,
+                crop: bool = False):  # fmt: skip
+    """The region `box` (left, top, right, bottom; full-resolution pixels) of `image`, resized to `size`, as RGB.
+
+    `crop=True` resizes the region alone, as torchvision's `resized_crop` does (the filter sees
+    no pixel outside it); `crop=False` samples the whole image, as a resize followed by a crop.
+    With `draft`, a JPEG is decoded at the smallest power-of-two reduction that keeps the region
+    at least `size`: the decode is then up to 64x less work.
+    """
+    try:
+        if draft and image.format == "JPEG":
+            width, height = image.size
+            box_w, box_h = box[2] - box[0], box[3] - box[1]
+            request = (math.ceil(width * size[0] / box_w), math.ceil(height * size[1] / box_h))
+            image.draft(image.mode, request)
+            sx, sy = image.size[0] / width, image.size[1] / height
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        if image.mode != "RGB":  # grey, CMYK, palette, alpha: as torchvision's loader, convert("RGB")
+            image = image.convert("RGB")
+        if box == (0, 0, *image.size) and image.size == size:
+            return np.asarray(image)
+        if crop:  # the whole pixels that hold the box, then the box within them
+            outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+            image = image.crop(outer)
+            box = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
+        return np.asarray(image.resize(size, resample, box=box))
+    except CorruptImage:
+        raise
+    except Exception as e:  # decoding happens here, lazily: truncated data, bad markers, ...
+        raise CorruptImage(str(e)) from None
+
+
+def random_resized_crop_box(
+    width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """torchvision's `RandomResizedCrop.get_params`: 10 tries at a random area and aspect ratio,
+    then the centre crop with the ratio clamped. Returns (left, top, right, bottom)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return left, top, left + w, top + h
+
+
+class TrainTransform:
+    """Inception-style random resized crop, horizontal flip and optional RandAugment."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        randaugment: str = "",
+        interpolation: str = "bilinear",
+        draft: bool = True,
+    ):
+        self.size, self.scale, self.ratio, self.hflip, self.draft = size, tuple(scale), tuple(ratio), hflip, draft
+        self.interpolation = interpolation
+        if interpolation != "random" and interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r} is not one of {[*INTERPOLATIONS, 'random']}")
+        self.randaugment = RandAugment(randaugment, size, interpolation=interpolation) if randaugment else None
+
+    def _resample(self, rng: np.random.Generator):
+        if self.interpolation == "random":  # timm's default for training: bilinear or bicubic
+            return (Image.BILINEAR, Image.BICUBIC)[int(rng.integers(2))]
+        return INTERPOLATIONS[self.interpolation]
+
+    def __call__(self, data: bytes | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = open_image(data)
+        box = random_resized_crop_box(*image.size, rng, self.scale, self.ratio)
+        out = _resize_box(image, box, (self.size, self.size), self._resample(rng), self.draft, crop=True)
+        if self.hflip and rng.random() < self.hflip:
+            out = out[:, ::-1]
+        if self.randaugment is not None:
+            out = np.asarray(self.randaugment(Image.fromarray(out), rng))
+        return np.ascontiguousarray(out)
+
+
+class EvalTransform:
+    """Resize the shorter side to `floor(size / crop_pct)`, then the centre `size` x `size` (timm, torchvision)."""
+
+    def __init__(self, size: int, *, crop_pct: float = 0.875, interpolation: str = "bilinear", draft: bool = True):
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"eval interpolation {interpolation!r} is not one of {list(INTERPOLATIONS)}")
+        self.size, self.crop_pct, self.resample, self.draft = size, crop_pct, INTERPOLATIONS[interpolation], draft
+
+    def box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The source region whose resize is `Resize(floor(size / crop_pct))` then `CenterCrop(size)`."""
+        short = math.floor(self.size / self.crop_pct)
+        # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated.
+        if width <= height:
+            new_w, new_h = short, int(short * height / width)
+        else:
+            new_w, new_h = int(short * width / height), short
+        top, left = round((new_h - self.size) / 2), round((new_w - self.size) / 2)
+        sx, sy = width / new_w, height / new_h
+        return left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy
+
+    def __call__(self, data: bytes | np.ndarray) -> np.ndarray:
+        image = open_image(data)
+        return _resize_box(image, self.box(*image.size), (self.size, self.size), self.resample, self.draft)
+
+
+# --- RandAugment, timm's semantics (timm/data/auto_augment.py) ------------------------------------
+
+_LEVEL_DENOM = 10.0
+# timm's `rand` transform set (without Cutout, which is random erasing, done on the device).
+RAND_TRANSFORMS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+    "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)  # fmt: skip
+RAND_INCREASING_TRANSFORMS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
+    "TranslateXRel", "TranslateYRel",
+)  # fmt: skip
+
+
+def _signed(value: float, negate: bool) -> float:
+    return -value if negate else value
+
+
+def level_to_arg(name: str, level: float, negate: bool, translate_pct: float = 0.45):
+    """timm's LEVEL_TO_ARG: the op's argument at magnitude `level` (0..10); `negate` is the coin
+    timm flips for the symmetric ops."""
+    m = level / _LEVEL_DENOM
+    base = name.removesuffix("Increasing")
+    if base in ("AutoContrast", "Equalize", "Invert"):
+        return None
+    if name == "Rotate":
+        return _signed(m * 30.0, negate)
+    if name in ("ShearX", "ShearY"):
+        return _signed(m * 0.3, negate)
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return _signed(m * translate_pct, negate)
+    if name == "Posterize":
+        return int(m * 4)
+    if name == "PosterizeIncreasing":
+        return 4 - int(m * 4)
+    if name == "Solarize":
+        return min(256, int(m * 256))
+    if name == "SolarizeIncreasing":
+        return 256 - min(256, int(m * 256))
+    if name == "SolarizeAdd":
+        return min(128, int(m * 110))
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return m * 1.8 + 0.1
+    if base in ("Color", "Contrast", "Brightness", "Sharpness"):  # the ...Increasing ones
+        return max(0.1, 1.0 + _signed(m * 0.9, negate))
+    raise ValueError(f"unknown RandAugment op {name!r}")
+
+
+def apply_op(image: Image.Image, name: str, arg, *, fill: tuple[int, int, int], resample) -> Image.Image:
+    """One RandAugment op on an RGB image, as timm's NAME_TO_OP does it."""
+    base = name.removesuffix("Increasing")
+    affine = {"resample": resample, "fillcolor": fill}
+    w, h = image.size
+    if base == "AutoContrast":
+        return ImageOps.autocontrast(image)
+    if base == "Equalize":
+        return ImageOps.equalize(image)
+    if base == "Invert":
+        return ImageOps.invert(image)
+    if base == "Rotate":
+        return image.rotate(arg, **affine)
+    if base == "Posterize":
+        return image if arg >= 8 else ImageOps.posterize(image, arg)
+    if base == "Solarize":
+        return ImageOps.solarize(image, arg)
+    if base == "SolarizeAdd":
+        lut = [min(255, i + arg) if i < 128 else i for i in range(256)]
+        return image.point(lut * 3)
+    if base == "Color":
+        return ImageEnhance.Color(image).enhance(arg)
+    if base == "Contrast":
+        return ImageEnhance.Contrast(image).enhance(arg)
+    if base == "Brightness":
+        return ImageEnhance.Brightness(image).enhance(arg)
+    if base == "Sharpness":
+        return ImageEnhance.Sharpness(image).enhance(arg)
+    if base == "ShearX":
+        return image.transform(image.size, Image.AFFINE, (1, arg, 0, 0, 1, 0), **affine)
+    if base == "ShearY":
+        return image.transform(image.size, Image.AFFINE, (1, 0, 0, arg, 1, 0), **affine)
+    if base == "TranslateXRel":
+        return image.transform(image.size, Image.AFFINE, (1, 0, arg * w, 0, 1, 0), **affine)
+    if base == "TranslateYRel":
+        return image.transform(image.size, Image.AFFINE, (1, 0, 0, 0, 1, arg * h), **affine)
+    raise ValueError(f"unknown RandAugment op {name!r}")
+
+
+class RandAugment:
+    """timm's `rand_augment_transform(config_str)`: e.g. `rand-m9-mstd0.5` is 2 ops per image drawn
+    (with replacement) from the 15 `rand` ops, each applied with probability 0.5 at a magnitude
+    drawn from N(9, 0.5) and clipped to [0, 10]. Options: m (magnitude), n (ops), p (probability),
+    mstd (magnitude std; > 100: uniform in [0, m]), mmax (upper clip), inc (the increasing set).
+    Fill colour: the ImageNet mean; interpolation: the training one (`random`: bilinear or bicubic).
+    """
+
+    def __init__(self, config_str: str, image_size: int, *, interpolation: str = "random"):
+        sections = config_str.split("-")
+        if sections[0] != "rand":
+            raise ValueError(f"RandAugment config {config_str!r} must start with 'rand-' (e.g. 'rand-m9-mstd0.5')")
+        self.magnitude, self.num_layers, self.prob, self.std, self.max, increasing = 10.0, 2, 0.5, 0.0, 10.0, False
+        for section in sections[1:]:
+            key, value = [*re.split(r"(\d.*)", section), ""][:2]
+            try:
+                if key == "m":
+                    self.magnitude = float(int(value))
+                elif key == "n":
+                    self.num_layers = int(value)
+                elif key == "p":
+                    self.prob = float(value)
+                elif key == "mstd":
+                    self.std = math.inf if float(value) > 100 else float(value)
+                elif key == "mmax":
+                    self.max = float(int(value))
+                elif key == "inc":
+                    increasing = bool(int(value))
+                else:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(
+                    f"RandAugment config {config_str!r}: cannot read {section!r}; sections are m, n, p, mstd, mmax, inc"
+                ) from None
+        self.ops = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
+        self.fill = tuple(min(255, round(255 * x)) for x in IMAGENET_MEAN)
+        self.interpolation = interpolation
+        del image_size  # timm uses it only for the absolute translations, which `rand` does not draw
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        for index in rng.integers(len(self.ops), size=self.num_layers):
+            if self.prob < 1.0 and rng.random() > self.prob:
+                continue
+            magnitude = self.magnitude
+            if self.std == math.inf:
+                magnitude = rng.uniform(0, magnitude)
+            elif self.std > 0:
+                magnitude = rng.normal(magnitude, self.std)
+            magnitude = max(0.0, min(magnitude, self.max))
+            name = self.ops[index]
+            arg = level_to_arg(name, magnitude, negate=rng.random() > 0.5)
+            if self.interpolation == "random":
+                resample = (Image.BILINEAR, Image.BICUBIC)[int(rng.integers(2))]
+            else:
+                resample = INTERPOLATIONS[self.interpolation]
+            image = apply_op(image, name, arg, fill=self.fill, resample=resample)
+        return image
