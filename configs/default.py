@@ -51,10 +51,26 @@ def get_config() -> ml_collections.ConfigDict:
     # Regularisation.
     c.label_smoothing = 0.1
     c.ema_decay = 0.0  # 0: no EMA; else evaluated (and kept best by) alongside the raw weights
-    # Augmentations of the seeds' recipes; they arrive with the input-pipeline work, and until
-    # then a recipe that asks for one stops with a clear error instead of silently training without.
-    c.randaugment = ""  # e.g. "rand-m9-mstd0.5" (timm)
-    c.mixup = 0.0
+
+    # Input pipeline (input_pipeline/): decoding and augmentation on the host, uint8 to the device.
+    c.data_dir = ""  # TFDS data_dir for tfds: data sets; "": TFDS's default (~/tensorflow_datasets)
+    c.data_workers = -1  # grain worker processes decoding per host; -1: one per core; 0: in-process threads
+    c.data_threads = 2  # decoding threads per worker (PIL releases the GIL while it decodes)
+    c.jpeg_draft = True  # decode JPEGs at 1/2, 1/4 or 1/8 size when the crop allows (much faster)
+    c.crop_scale = (0.08, 1.0)  # Inception random resized crop: area fraction ...
+    c.crop_ratio = (3 / 4, 4 / 3)  # ... and aspect ratio
+    c.hflip = 0.5  # horizontal flip probability
+    c.train_interpolation = "bilinear"  # bilinear, bicubic, nearest or random (timm: bilinear/bicubic)
+    c.randaugment = ""  # timm's RandAugment string, e.g. "rand-m9-mstd0.5"; "": none
+    # Evaluation: resize the shorter side to image_size / crop_pct, then the centre crop.
+    c.crop_pct = 0.875
+    c.eval_interpolation = "bilinear"
+    # On the device, in the train step (lightnets/augment.py), as timm's:
+    c.reprob = 0.0  # random erasing probability (per image, pixel mode)
+    c.mixup = 0.0  # Mixup alpha; 0: off
+    c.cutmix = 0.0  # CutMix alpha; 0: off
+    c.mixup_prob = 1.0  # probability of mixing a batch
+    c.mixup_switch_prob = 0.5  # probability of CutMix instead of Mixup when both are on
 
     # Sharding: FSDP splits parameters and optimiser state over the devices (large EfficientNetV2s).
     c.fsdp = False

@@ -2,6 +2,9 @@
 350 epochs, RMSpropTF (epsilon 1e-3), learning rate 0.112, step decay by 0.97 every 2.4 epochs
 after a warmup from 4e-6, weight decay 1e-5, dropout 0.3, stochastic depth 0.2, RandAugment
 rand-m9-mstd0.5, mixup 0.2, EMA 0.9999, 288 px; reported 82.34 % top-1 (8 GPUs).
+Where the seed is silent, timm's train.py defaults of that time: random bilinear/bicubic
+interpolation, no random erasing, no CutMix; evaluation as timm's efficientnetv2_rw_t (crop_pct
+1.0, bicubic).
 
 The seed gives its learning rate for its 8-device batch without stating the batch; timm's
 RMSpropTF recipes use 0.016 per 256 images, which 0.112 matches at 1792 (224 per device), so that
@@ -36,5 +39,8 @@ def get_config(variant: str = ""):
     c.label_smoothing = 0.1
     c.ema_decay = 0.9999
     c.randaugment = "rand-m9-mstd0.5"
+    c.train_interpolation = "random"  # timm's train.py default
+    c.crop_pct = 1.0  # timm's evaluation of efficientnetv2_rw_t at 288 px
+    c.eval_interpolation = "bicubic"
     c.mixup = 0.2
     return c

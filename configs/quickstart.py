@@ -27,6 +27,14 @@ def get_config():
     c.schedule = "cosine"
     c.label_smoothing = 0.1
     c.ema_decay = 0.0
+    # The digits are centred at image_size already, and a mirrored digit is another shape:
+    # no crop, no flip, and evaluation on the whole image.
+    c.crop_scale = (1.0, 1.0)
+    c.crop_ratio = (1.0, 1.0)
+    c.hflip = 0.0
+    c.crop_pct = 1.0
+    c.data_workers = 0
+    c.data_threads = 2
     c.log_every_steps = 22
     c.eval_every_epochs = 4.0
     return c

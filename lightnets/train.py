@@ -106,11 +106,15 @@ def make_train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
     preprocess: Callable[[jax.Array], jax.Array] | None = None,
+    batch_augment: Callable | None = None,
+    seed: int = 0,
     fsdp_mesh: Mesh | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """A pure train step: forward in train mode, gradients, optimiser update, EMA.
 
     `preprocess` maps the batch as it arrives (e.g. uint8) to the model's input, on the device.
+    `batch_augment` (`lightnets.augment.BatchAugment`) then erases and mixes it, with a key drawn
+    from `seed` and the step number, so a resumed run draws the same as an uninterrupted one.
     `ema_decay` 0 keeps no average (the EMA fields follow the weights). With `fsdp_mesh`, the
     parameters arrive split over it (`state_sharding(fsdp=True)`): the step gathers them whole
     for the forward pass and reduce-scatters the gradients back to the split layout; left to
@@ -119,6 +123,9 @@ def make_train_step(
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array):
         x = preprocess(images) if preprocess is not None else images
+        labels_b, lam = labels, 1.0
+        if batch_augment is not None:
+            x, labels_b, lam = batch_augment(jax.random.fold_in(jax.random.key(seed), state.step), x, labels)
         gather = scatter = lambda tree: tree
         if fsdp_mesh is not None:
             split = state_sharding(fsdp_mesh, state, fsdp=True).params
@@ -131,7 +138,10 @@ def make_train_step(
             model = nnx.merge(graphdefs.train, params, state.batch_stats, state.rngs, copy=True)
             logits = model(x)
             _, _, batch_stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-            return cross_entropy(logits, labels, label_smoothing), (logits, batch_stats, rngs)
+            loss = cross_entropy(logits, labels, label_smoothing)
+            if batch_augment is not None:  # mixed targets: the loss mixes by the same lambda
+                loss = lam * loss + (1 - lam) * cross_entropy(logits, labels_b, label_smoothing)
+            return loss, (logits, batch_stats, rngs)
 
         (loss, (logits, batch_stats, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = scatter(grads)

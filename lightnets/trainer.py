@@ -33,8 +33,8 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from input_pipeline import datasets
-from lightnets import checkpoint, optim, train
+from input_pipeline import datasets, transforms
+from lightnets import augment, checkpoint, optim, train
 from lightnets.registry import create_model, model_info
 
 # Fields every config has, under these names (scripts rely on them).
@@ -56,6 +56,9 @@ class Setup:
     eval_source: Any
     steps_per_epoch: int
     num_train_steps: int
+    train_transform: transforms.TrainTransform
+    eval_transform: transforms.EvalTransform
+    batch_augment: augment.BatchAugment | None
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -69,6 +72,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     datasets.local_batch_size(config.batch_size)  # must divide over the devices
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set num_epochs or num_train_steps to a positive number")
+    data_transforms(config)  # a bad RandAugment string or interpolation
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
@@ -101,16 +105,9 @@ def _load_initial_weights(model: nnx.Module, directory: str) -> None:
 def setup(config: ml_collections.ConfigDict) -> Setup:
     """Data, model and mesh for training; every error here comes before any compilation."""
     check_config(config)
-    wanted = [f"{k}={config[k]!r}" for k in ("randaugment", "mixup") if config.get(k)]
-    if wanted:
-        raise ValueError(
-            f"this config asks for {', '.join(wanted)}, which the input pipeline does not implement yet; "
-            "override them (--config.randaugment='' --config.mixup=0) to train without"
-        )
-    train_source = datasets.create_source(config.dataset, "train", image_size=config.image_size,
-                                          num_classes=config.get("num_classes"))  # fmt: skip
-    eval_source = datasets.create_source(config.dataset, "validation", image_size=config.image_size,
-                                         num_classes=config.get("num_classes"))  # fmt: skip
+    train_transform, eval_transform = data_transforms(config)
+    train_source = _source(config, "train")
+    eval_source = _source(config, "validation")
     num_classes = config.get("num_classes") or train_source.num_classes
     if num_classes < train_source.num_classes:
         raise ValueError(f"num_classes={num_classes} but {config.dataset} has {train_source.num_classes} classes")
@@ -118,7 +115,38 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         raise ValueError(f"{config.dataset} has {len(train_source)} training examples, fewer than batch_size")
     steps_per_epoch = optim.steps_per_epoch(len(train_source), config.batch_size)
     total = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
-    return Setup(train.make_mesh(), build_model(config, num_classes), train_source, eval_source, steps_per_epoch, total)
+    mesh = train.make_mesh()
+    batch_augment = augment.BatchAugment(
+        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob, erase_prob=config.reprob, groups=mesh.size,
+    )  # fmt: skip
+    if not (batch_augment.mixes or batch_augment.erase_prob > 0):
+        batch_augment = None
+    return Setup(mesh, build_model(config, num_classes), train_source, eval_source, steps_per_epoch, total,
+                 train_transform, eval_transform, batch_augment)  # fmt: skip
+
+
+def data_transforms(config: ml_collections.ConfigDict) -> tuple[transforms.TrainTransform, transforms.EvalTransform]:
+    """The host-side training and evaluation transforms the config asks for (bad values raise here)."""
+    train_transform = transforms.TrainTransform(
+        config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
+        randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
+    )  # fmt: skip
+    eval_transform = transforms.EvalTransform(
+        config.image_size, crop_pct=config.crop_pct, interpolation=config.eval_interpolation, draft=config.jpeg_draft
+    )
+    return train_transform, eval_transform
+
+
+def _source(config: ml_collections.ConfigDict, split: str):
+    return datasets.create_source(config.dataset, split, image_size=config.image_size,
+                                  num_classes=config.get("num_classes"), data_dir=config.get("data_dir"))  # fmt: skip
+
+
+def _workers(config: ml_collections.ConfigDict) -> int:
+    """Data worker processes for this host: -1 is one per core."""
+    workers = config.get("data_workers", 0)
+    return (os.cpu_count() or 1) if workers < 0 else workers
 
 
 def _global(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -131,16 +159,31 @@ def _run_metadata(config: ml_collections.ConfigDict, model: nnx.Module) -> dict:
     return {"model": model.variant, "num_classes": model.num_classes, "config": config.to_dict()}
 
 
-def run_evaluation(eval_step, state, source, config, mesh) -> dict[str, float]:
-    """Loss, top-1 and top-5 over the whole evaluation split, for the raw and the EMA weights."""
-    totals = None
-    for batch in datasets.eval_batches(source, global_batch_size=config.get("eval_batch_size") or config.batch_size):
+def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[str, float]:
+    """Loss, top-1 and top-5 over the whole evaluation split, for the raw and the EMA weights.
+
+    `skipped` counts the unreadable images, left out of the averages.
+    """
+    totals, skipped = None, 0
+    batch_size = config.get("eval_batch_size") or config.batch_size
+    batches = datasets.eval_batches(source, global_batch_size=batch_size, transform=transform,
+                                    workers=_workers(config), threads=config.data_threads)  # fmt: skip
+    for batch in batches:
+        skipped += int(batch.pop("skipped"))
         b = _global(mesh, batch)
         sums = eval_step(state, b["image"], b["label"], b["valid"])
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = _fetch(totals)
     count = float(totals.pop("count"))
-    return {k: float(v) / count for k, v in totals.items()}
+    metrics = {k: float(v) / count for k, v in totals.items()}
+    metrics["skipped"] = _sum_over_processes(skipped)
+    return metrics
+
+
+def _sum_over_processes(count: int) -> int:
+    if jax.process_count() == 1:
+        return count
+    return int(multihost_utils.process_allgather(np.asarray(count, np.int64)).sum())
 
 
 class _Progress:
@@ -168,6 +211,7 @@ class _Progress:
             f"loss {scalars['train_loss']:.4f} top1 {100 * scalars['train_top1']:.1f}% "
             f"lr {scalars['learning_rate']:.4g} | "
             f"{scalars['images_per_sec']:.0f} img/s, {scalars['step_time_ms']:.1f} ms/step, ETA {_duration(eta)}"
+            + (f" | {scalars['data_skipped']} unreadable images skipped" if scalars.get("data_skipped") else "")
         )
 
 
@@ -239,10 +283,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     preprocess = functools.partial(train.normalize_images, dtype=dtype)
     step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.get("label_smoothing", 0.0),
                                     ema_decay=config.get("ema_decay", 0.0), preprocess=preprocess,
+                                    batch_augment=s.batch_augment, seed=config.seed,
                                     fsdp_mesh=mesh if fsdp else None)  # fmt: skip
     train_step = train.jit_train_step(step_fn, mesh, state, fsdp=fsdp)
     eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state, fsdp=fsdp)
-    data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed)
+    data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed,
+                                   transform=s.train_transform, workers=_workers(config),
+                                   threads=config.data_threads)  # fmt: skip
 
     ema = config.get("ema_decay", 0.0) > 0
     ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
@@ -275,12 +322,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     profile_start = step + 5 if profile_steps else None  # after compilation and warm-up
     progress, stop, pending = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch), _StopRequest(), []
     last_good, compiled, profiling, started = start, False, False, time.perf_counter()
+    skipped = 0  # unreadable training images left out, since this process started
     try:
         while step < s.num_train_steps:
             if step == profile_start:
                 jax.profiler.start_trace(str(workdir / "profile"))
                 profiling = True
-            batch = _global(mesh, next(data))
+            batch = next(data)
+            skipped += int(batch.pop("skipped"))
+            batch = _global(mesh, batch)
             state, metrics = train_step(state, batch["image"], batch["label"])
             step += 1
             pending.append(metrics)
@@ -312,13 +362,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                     )
                 scalars = {f"train_{k}": v for k, v in means.items()}
                 scalars["learning_rate"] = float(schedule(step - 1))
+                scalars["data_skipped"] = _sum_over_processes(skipped)
                 scalars.update(progress.tick(step))
                 writer.write_scalars(step, scalars)
                 logging.info("%s", progress.line(step, scalars))
             if save_now:
                 eval_metrics = None
                 if evaluate_now:
-                    eval_metrics = run_evaluation(eval_step, state, s.eval_source, config, mesh)
+                    eval_metrics = run_evaluation(eval_step, state, s.eval_source, config, mesh, s.eval_transform)
                     writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
                     logging.info("step %d eval: %s", step, _eval_line(eval_metrics, ema))
                 ckpts.save(step, state, data, run, metrics=eval_metrics)
@@ -335,6 +386,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
             jax.profiler.stop_trace()
         ckpts.wait()  # an asynchronous save in flight completes before we leave
         ckpts.close()
+        if hasattr(data, "close"):  # grain worker processes
+            data.close()
         writer.close()
         stop.restore()
     return state
@@ -377,8 +430,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
     check_config(config)
     target = pathlib.Path(checkpoint_dir or workdir).absolute()
     mesh, dtype = train.make_mesh(), DTYPES[config.dtype]
-    source = datasets.create_source(config.dataset, "validation", image_size=config.image_size,
-                                    num_classes=config.get("num_classes"))  # fmt: skip
+    source = _source(config, "validation")
     if (target / checkpoint.METADATA).exists():  # a weights directory
         model = checkpoint.load_weights(target, dtype=dtype)
         state, graphdefs = train.create_train_state(model, optax.identity())
@@ -402,6 +454,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
         raise ValueError(f"{what} has {model.num_classes} classes, {config.dataset} has {source.num_classes}")
     preprocess = functools.partial(train.normalize_images, dtype=dtype)
     eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state)
-    metrics = run_evaluation(eval_step, state, source, config, mesh)
+    metrics = run_evaluation(eval_step, state, source, config, mesh, data_transforms(config)[1])
     logging.info("Evaluated %s on %s (%d images): %s", what, config.dataset, len(source), _eval_line(metrics, True))
     return metrics

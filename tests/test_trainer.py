@@ -19,7 +19,7 @@ from flax import nnx
 import lightnets
 from configs import efficientnetv2, mobilenetv1, mobilenetv2, quickstart, shufflenetv2
 from input_pipeline import datasets
-from lightnets import checkpoint, optim, train, trainer
+from lightnets import augment, checkpoint, optim, train, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -30,12 +30,16 @@ def tiny(**overrides):
     c = quickstart.get_config()
     c.update(model="mobilenet_v1_025", image_size=16, batch_size=32, num_train_steps=STEPS, log_every_steps=2,
              checkpoint_every_steps=4, eval_every_epochs=0, ema_decay=0.9)  # fmt: skip
+    # Every augmentation, so that resuming must reproduce their draws too.
+    c.update(crop_scale=(0.35, 1.0), crop_ratio=(3 / 4, 4 / 3), randaugment="rand-m9-mstd0.5", mixup=0.2, cutmix=1.0,
+             reprob=0.25)  # fmt: skip
     c.update(**overrides)
     return c
 
 
 FLAGGED = ("model", "image_size", "batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
-           "eval_every_epochs", "ema_decay")  # fmt: skip
+           "eval_every_epochs", "ema_decay", "crop_scale", "crop_ratio", "randaugment", "mixup", "cutmix",
+           "reprob")  # fmt: skip
 
 
 def flags(config) -> list[str]:
@@ -91,11 +95,12 @@ def test_unknown_variant_lists_the_choices():
     [({"batch_size": 36}, "does not divide over the 8 devices"),
      ({"model": "mobilenet_v2_10"}, "Unknown model 'mobilenet_v2_10'.*mobilenet_v2_100"),
      ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
-     ({"mixup": 0.2}, "mixup=0.2.*--config.mixup=0"),
+     ({"randaugment": "rand-m9-x2"}, "RandAugment config 'rand-m9-x2': cannot read 'x2'"),
+     ({"dataset": "folder:/no/such/dir"}, "folder:/no/such/dir: no such directory"),
      ({"dtype": "float8"}, "dtype 'float8'")],
 )  # fmt: skip
 def test_bad_config_is_a_clear_error(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         trainer.setup(tiny(**override))
 
 
@@ -240,7 +245,9 @@ def _collectives(fsdp: bool):
     tx = optax.sgd(0.1, momentum=0.9)
     state, graphdefs = train.create_train_state(model, tx)
     mesh = train.make_mesh()
-    step = train.make_train_step(graphdefs, tx, fsdp_mesh=mesh if fsdp else None)
+    # Mixup, CutMix and random erasing on: they must not move images between devices.
+    batch_augment = augment.BatchAugment(mixup_alpha=0.2, cutmix_alpha=1.0, erase_prob=0.25, groups=mesh.size)
+    step = train.make_train_step(graphdefs, tx, batch_augment=batch_augment, fsdp_mesh=mesh if fsdp else None)
     jitted = train.jit_train_step(step, mesh, state, fsdp=fsdp)
     batch = (jax.ShapeDtypeStruct((16, 16, 16, 3), jnp.float32), jax.ShapeDtypeStruct((16,), jnp.int32))
     hlo = jitted.lower(state, *batch).compile().as_text()
