@@ -285,7 +285,12 @@ def eval_batches(
     padded = -(-n // global_batch_size) * global_batch_size
     ds = grain.MapDataset.range(padded)[p::count].map(_EvalExample(source, transform, image_size))
     ds = ds.batch(local, batch_fn=_stack_eval).to_iter_dataset(_read_options(threads))
-    yield from _prefetch(ds, workers)
+    it = iter(_prefetch(ds, workers))
+    try:
+        yield from it
+    finally:
+        if hasattr(it, "close"):  # worker processes and their shared memory
+            it.close()
 
 
 def _stack_eval(examples) -> dict[str, np.ndarray]:

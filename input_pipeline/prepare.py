@@ -28,16 +28,6 @@ from PIL import Image
 
 from input_pipeline import datasets, sources, transforms
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", None, "source to copy: folder:PATH, tfds:NAME or prepared:PATH", required=True)
-flags.DEFINE_string("output", None, "directory to write (must not hold a prepared copy already)", required=True)
-flags.DEFINE_integer("max_shorter_side", 256, "images whose shorter side is longer are downsized to it")
-flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images")
-flags.DEFINE_list("splits", ["train", "validation"], "splits to copy")
-flags.DEFINE_integer("workers", 0, "processes re-encoding images; 0: one per core")
-flags.DEFINE_integer("examples_per_shard", 20_000, "records per ArrayRecord file")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: sources")
-
 
 def reencode(data: bytes, max_shorter_side: int, quality: int) -> bytes:
     """One image, decoded (at a reduced size where libjpeg can), downsized with antialiasing so that
@@ -130,16 +120,29 @@ def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: 
     return info
 
 
+def _define_flags() -> None:
+    """The command line; defined only when run as a program, so importing this module adds no flags."""
+    flags.DEFINE_string("dataset", None, "source to copy: folder:PATH, tfds:NAME or prepared:PATH", required=True)
+    flags.DEFINE_string("output", None, "directory to write (must not hold a prepared copy already)", required=True)
+    flags.DEFINE_integer("max_shorter_side", 256, "images whose shorter side is longer are downsized to it")
+    flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images")
+    flags.DEFINE_list("splits", ["train", "validation"], "splits to copy")
+    flags.DEFINE_integer("workers", 0, "processes re-encoding images; 0: one per core")
+    flags.DEFINE_integer("examples_per_shard", 20_000, "records per ArrayRecord file")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: sources")
+
+
 def main(argv) -> None:
     del argv
+    f = flags.FLAGS
     try:
-        prepare(FLAGS.dataset, FLAGS.output, max_shorter_side=FLAGS.max_shorter_side, quality=FLAGS.quality,
-                splits=FLAGS.splits, workers=FLAGS.workers, examples_per_shard=FLAGS.examples_per_shard,
-                data_dir=FLAGS.data_dir)  # fmt: skip
+        prepare(f.dataset, f.output, max_shorter_side=f.max_shorter_side, quality=f.quality, splits=f.splits,
+                workers=f.workers, examples_per_shard=f.examples_per_shard, data_dir=f.data_dir)  # fmt: skip
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
