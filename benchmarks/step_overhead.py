@@ -14,15 +14,21 @@ If loop is no slower than device, the Python overhead does not show. Results in 
 """
 
 import argparse
+import pathlib
+import sys
 import time
 
-import jax
-import numpy as np
-from flax import nnx
+# Run as a script, this file's directory comes first on sys.path, and benchmarks/input_pipeline.py
+# would hide the `input_pipeline` package: drop that entry.
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
 
-from configs import default
-from input_pipeline import datasets
-from lightnets import optim, train, trainer
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default  # noqa: E402
+from input_pipeline import datasets  # noqa: E402
+from lightnets import trainer  # noqa: E402
 
 
 def main():
@@ -38,11 +44,8 @@ def main():
     config.update(model=args.model, dataset=f"synthetic:{args.batch * (args.steps + 5)}", image_size=args.size,
                   batch_size=args.batch, num_epochs=1.0, dtype=args.dtype)  # fmt: skip
     s = trainer.setup(config)
-    tx = optim.create_optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
-    state, graphdefs = train.create_train_state(s.model, tx)
-    state = train.put(state, train.state_sharding(s.mesh, state))
-    preprocess = lambda x: train.normalize_images(x, trainer.DTYPES[args.dtype])  # noqa: E731
-    step = train.jit_train_step(train.make_train_step(graphdefs, tx, preprocess=preprocess), s.mesh, state)
+    steps = trainer.build_steps(config, s.model, s.mesh, s.steps_per_epoch)  # the trainer's own step
+    state, step = steps.state, steps.train_step
     data = datasets.train_iterator(s.train_source, global_batch_size=args.batch, seed=0)
 
     batch = trainer._global(s.mesh, next(data))

@@ -183,6 +183,8 @@ class _BatchSkippingIterator(grain.DatasetIterator):
             example = next(self._parent)
             if "skipped" in example:
                 skipped += 1
+                if skipped >= max(1000, 10 * self.batch_size) and not examples:
+                    raise RuntimeError(f"{skipped} unreadable images in a row (the last: {example['skipped']})")
             else:
                 examples.append(example)
         batch = _stack(examples)

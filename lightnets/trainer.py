@@ -58,7 +58,6 @@ class Setup:
     num_train_steps: int
     train_transform: transforms.TrainTransform
     eval_transform: transforms.EvalTransform
-    batch_augment: augment.BatchAugment | None
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -115,15 +114,52 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         raise ValueError(f"{config.dataset} has {len(train_source)} training examples, fewer than batch_size")
     steps_per_epoch = optim.steps_per_epoch(len(train_source), config.batch_size)
     total = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
-    mesh = train.make_mesh()
-    batch_augment = augment.BatchAugment(
-        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-        switch_prob=config.mixup_switch_prob, erase_prob=config.reprob, groups=mesh.size,
+    return Setup(train.make_mesh(), build_model(config, num_classes), train_source, eval_source, steps_per_epoch,
+                 total, train_transform, eval_transform)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Steps:
+    """The jitted steps of a run, and the state they start from, placed on the mesh."""
+
+    state: train.TrainState
+    graphdefs: train.GraphDefs
+    train_step: Any
+    eval_step: Any
+    schedule: optax.Schedule
+
+
+def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, steps_per_epoch: int) -> Steps:
+    """The optimiser, the initial state and the jitted train and eval steps that `config` asks for.
+
+    `train_and_evaluate` trains with these; `benchmarks/throughput.py` times them.
+    """
+    dtype, fsdp = DTYPES[config.dtype], config.get("fsdp", False)
+    tx = optim.create_optimizer(config, steps_per_epoch, params=nnx.state(model, nnx.Param))
+    state, graphdefs = train.create_train_state(model, tx)
+    state = train.put(state, train.state_sharding(mesh, state, fsdp=fsdp))
+    preprocess = functools.partial(train.normalize_images, dtype=dtype)
+    step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.get("label_smoothing", 0.0),
+                                    ema_decay=config.get("ema_decay", 0.0), preprocess=preprocess,
+                                    batch_augment=batch_augment(config, mesh), seed=config.seed,
+                                    fsdp_mesh=mesh if fsdp else None)  # fmt: skip
+    return Steps(
+        state=state,
+        graphdefs=graphdefs,
+        train_step=train.jit_train_step(step_fn, mesh, state, fsdp=fsdp),
+        eval_step=train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state, fsdp=fsdp),
+        schedule=optim.create_schedule(config, steps_per_epoch),
+    )
+
+
+def batch_augment(config: ml_collections.ConfigDict, mesh) -> augment.BatchAugment | None:
+    """The on-device augmentations (random erasing, Mixup, CutMix) the config asks for, or None."""
+    aug = augment.BatchAugment(
+        mixup_alpha=config.get("mixup", 0.0), cutmix_alpha=config.get("cutmix", 0.0),
+        prob=config.get("mixup_prob", 1.0), switch_prob=config.get("mixup_switch_prob", 0.5),
+        erase_prob=config.get("reprob", 0.0), groups=mesh.size,
     )  # fmt: skip
-    if not (batch_augment.mixes or batch_augment.erase_prob > 0):
-        batch_augment = None
-    return Setup(mesh, build_model(config, num_classes), train_source, eval_source, steps_per_epoch, total,
-                 train_transform, eval_transform, batch_augment)  # fmt: skip
+    return aug if aug.mixes or aug.erase_prob > 0 else None
 
 
 def data_transforms(config: ml_collections.ConfigDict) -> tuple[transforms.TrainTransform, transforms.EvalTransform]:
@@ -275,18 +311,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     """Trains as `config` says, resuming from `workdir` when it holds a checkpoint; returns the final state."""
     workdir = pathlib.Path(workdir).absolute()
     s = setup(config)
-    mesh, dtype, fsdp = s.mesh, DTYPES[config.dtype], config.get("fsdp", False)
-    tx = optim.create_optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
-    schedule = optim.create_schedule(config, s.steps_per_epoch)
-    state, graphdefs = train.create_train_state(s.model, tx)
-    state = train.put(state, train.state_sharding(mesh, state, fsdp=fsdp))
-    preprocess = functools.partial(train.normalize_images, dtype=dtype)
-    step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.get("label_smoothing", 0.0),
-                                    ema_decay=config.get("ema_decay", 0.0), preprocess=preprocess,
-                                    batch_augment=s.batch_augment, seed=config.seed,
-                                    fsdp_mesh=mesh if fsdp else None)  # fmt: skip
-    train_step = train.jit_train_step(step_fn, mesh, state, fsdp=fsdp)
-    eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state, fsdp=fsdp)
+    mesh, fsdp = s.mesh, config.get("fsdp", False)
+    steps = build_steps(config, s.model, mesh, s.steps_per_epoch)
+    state, train_step, eval_step, schedule = steps.state, steps.train_step, steps.eval_step, steps.schedule
     data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed,
                                    transform=s.train_transform, workers=_workers(config),
                                    threads=config.data_threads)  # fmt: skip
