@@ -101,6 +101,9 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     rates = _windows(run_train, sync_train, steps=args.steps, windows=args.windows, images_per_step=n)
     rows.append(Row("lightnets", "train", rates, compile_s, _peak_mb()))
 
+    if args.data:  # end to end: the trainer's input pipeline feeds the same step
+        rows += end_to_end_rows(config, args, compiled, holder, mesh, n)
+
     # Inference: the eval-mode network on the same batch.
     graphdefs, state = steps.graphdefs, holder["state"]
 
@@ -127,6 +130,41 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     rates = _windows(run_infer, sync_infer, steps=args.steps, windows=args.windows, images_per_step=n)
     rows.append(Row("lightnets", "infer", rates, compile_s, _peak_mb()))
     return rows
+
+
+def end_to_end_rows(config, args, compiled, holder, mesh, n: int) -> list[Row]:
+    """The step fed by `datasets.train_iterator` from `--data` (as `main.py` feeds it), and the
+    pipeline alone on one thread, which says how many host cores keep the device fed."""
+    from input_pipeline import datasets
+    from lightnets import trainer
+
+    source = datasets.create_source(args.data, "train", image_size=args.image_size)
+    transform = trainer.data_transforms(config)[0]
+    workers = args.data_workers if args.data_workers >= 0 else 0
+    data = datasets.train_iterator(source, global_batch_size=n, seed=0, transform=transform, workers=workers,
+                                   threads=args.data_threads)  # fmt: skip
+
+    def run_fed(k):
+        for _ in range(k):
+            batch = next(data)
+            batch.pop("skipped")
+            batch = trainer._global(mesh, batch)
+            holder["state"], holder["metrics"] = compiled(holder["state"], batch["image"], batch["label"])
+
+    def sync():
+        jax.block_until_ready(holder["metrics"])
+
+    run_fed(args.warmup)
+    sync()
+    fed = _windows(run_fed, sync, steps=args.steps, windows=args.windows, images_per_step=n)
+    if hasattr(data, "close"):
+        data.close()
+
+    one_core = datasets.train_iterator(source, global_batch_size=n, seed=1, transform=transform, threads=1)
+    next(one_core)
+    alone = _windows(lambda k: [next(one_core) for _ in range(k)], lambda: None, steps=args.steps,
+                     windows=args.windows, images_per_step=n)  # fmt: skip
+    return [Row("lightnets + data", "train", fed, 0.0, None), Row("input pipeline, 1 core", "train", alone, 0.0, None)]
 
 
 def torch_rows(model_name: str, args, *, compiled: bool) -> list[Row]:
@@ -205,6 +243,9 @@ def main(argv=None) -> list[tuple[str, Row]]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compare_torch", action="store_true")
     parser.add_argument("--torch_compile", action="store_true", help="with --compare_torch: a torch.compile row")
+    parser.add_argument("--data", default="", help="end to end: a dataset (e.g. folder:PATH) feeding the train step")
+    parser.add_argument("--data_workers", type=int, default=0, help="with --data: grain worker processes")
+    parser.add_argument("--data_threads", type=int, default=2, help="with --data: decoding threads per worker")
     args = parser.parse_args(argv)
 
     results = []
@@ -223,12 +264,17 @@ def main(argv=None) -> list[tuple[str, Row]]:
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     per_device = jax.device_count()
     for name, row in results:
-        scale = per_device if row.framework == "lightnets" else 1
+        scale = per_device if row.framework.startswith("lightnets") else 1
         eager = next((r for n, r in results if n == name and r.framework == "torch eager" and r.mode == row.mode), None)
         ratio = f"{(row.median / scale) / eager.median:.2f}x" if eager is not None else ""
         peak = f"{row.peak_mb:.0f}" if row.peak_mb is not None else "n/a"
         print(f"| {name} | {row.framework} | {row.mode} | {row.median / scale:.1f} | {max(row.rates) / scale:.1f} | "
               f"{row.compile_s:.1f} | {peak} | {ratio} |")  # fmt: skip
+    for name, row in results:
+        if row.framework == "input pipeline, 1 core":
+            synthetic = next(r for n, r in results if n == name and r.framework == "lightnets" and r.mode == "train")
+            print(f"# {name}: {synthetic.median / row.median:.1f} host cores of decoding keep the devices of this host "
+                  f"fed at {synthetic.median:.0f} images/s (synthetic data)")  # fmt: skip
     return results
 
 

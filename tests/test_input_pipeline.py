@@ -380,3 +380,23 @@ def test_random_erasing_erases_a_rectangle_of_the_right_size():
         rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
         area = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
         assert 0.015 * 32 * 32 <= area <= 0.35 * 32 * 32
+
+
+def test_the_mixed_loss_is_timms_soft_target_cross_entropy():
+    import torch
+    from timm.data.mixup import mixup_target
+    from timm.loss import SoftTargetCrossEntropy
+
+    from lightnets import train
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(8, 10)).astype(np.float32)
+    labels = np.arange(8) % 10
+    lam = 0.37
+    targets = mixup_target(torch.tensor(labels), 10, lam=lam, smoothing=0.1)  # pairs with labels.flip(0)
+    theirs = SoftTargetCrossEntropy()(torch.tensor(logits), targets).item()
+    partner = np.asarray(augment._pair(jnp.asarray(labels), 1))
+    ours = lam * train.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.1) + (1 - lam) * train.cross_entropy(
+        jnp.asarray(logits), jnp.asarray(partner), 0.1
+    )
+    np.testing.assert_allclose(float(ours), theirs, rtol=1e-5)
