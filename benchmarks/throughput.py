@@ -48,13 +48,16 @@ class Row:
         return float(np.median(self.rates))
 
 
-def _windows(run_steps, sync, *, steps: int, windows: int, images_per_step: int) -> list[float]:
+def _windows(run_steps, sync, args, *, images_per_step: int, warmup: int) -> list[float]:
+    """`warmup` steps untimed, then images/s in each of `args.windows` windows of `args.steps` steps."""
+    run_steps(warmup)
+    sync()
     rates = []
-    for _ in range(windows):
+    for _ in range(args.windows):
         start = time.perf_counter()
-        run_steps(steps)
+        run_steps(args.steps)
         sync()
-        rates.append(steps * images_per_step / (time.perf_counter() - start))
+        rates.append(args.steps * images_per_step / (time.perf_counter() - start))
     return rates
 
 
@@ -96,9 +99,7 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     def sync_train():
         jax.block_until_ready(holder["metrics"])
 
-    run_train(args.warmup)
-    sync_train()
-    rates = _windows(run_train, sync_train, steps=args.steps, windows=args.windows, images_per_step=n)
+    rates = _windows(run_train, sync_train, args, images_per_step=n, warmup=args.warmup)
     rows.append(Row("lightnets", "train", rates, compile_s, _peak_mb()))
 
     if args.data:  # end to end: the trainer's input pipeline feeds the same step
@@ -125,9 +126,7 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     def sync_infer():
         jax.block_until_ready(out["logits"])
 
-    run_infer(args.warmup)
-    sync_infer()
-    rates = _windows(run_infer, sync_infer, steps=args.steps, windows=args.windows, images_per_step=n)
+    rates = _windows(run_infer, sync_infer, args, images_per_step=n, warmup=args.warmup)
     rows.append(Row("lightnets", "infer", rates, compile_s, _peak_mb()))
     return rows
 
@@ -154,16 +153,12 @@ def end_to_end_rows(config, args, compiled, holder, mesh, n: int) -> list[Row]:
     def sync():
         jax.block_until_ready(holder["metrics"])
 
-    run_fed(args.warmup)
-    sync()
-    fed = _windows(run_fed, sync, steps=args.steps, windows=args.windows, images_per_step=n)
+    fed = _windows(run_fed, sync, args, images_per_step=n, warmup=args.warmup)
     if hasattr(data, "close"):
         data.close()
 
     one_core = datasets.train_iterator(source, global_batch_size=n, seed=1, transform=transform, threads=1)
-    next(one_core)
-    alone = _windows(lambda k: [next(one_core) for _ in range(k)], lambda: None, steps=args.steps,
-                     windows=args.windows, images_per_step=n)  # fmt: skip
+    alone = _windows(lambda k: [next(one_core) for _ in range(k)], lambda: None, args, images_per_step=n, warmup=1)
     return [Row("lightnets + data", "train", fed, 0.0, None), Row("input pipeline, 1 core", "train", alone, 0.0, None)]
 
 
@@ -201,7 +196,7 @@ def torch_rows(model_name: str, args, *, compiled: bool) -> list[Row]:
     run_train(max(args.warmup, 1))  # the first steps compile (torch.compile) and tune (cuDNN)
     sync()
     compile_s = time.perf_counter() - start
-    rates = _windows(run_train, sync, steps=args.steps, windows=args.windows, images_per_step=n)
+    rates = _windows(run_train, sync, args, images_per_step=n, warmup=0)
     rows.append(Row(name, "train", rates, compile_s, peak()))
 
     model.eval()
@@ -215,7 +210,7 @@ def torch_rows(model_name: str, args, *, compiled: bool) -> list[Row]:
     run_infer(max(args.warmup, 1))
     sync()
     compile_s = time.perf_counter() - start
-    rates = _windows(run_infer, sync, steps=args.steps, windows=args.windows, images_per_step=n)
+    rates = _windows(run_infer, sync, args, images_per_step=n, warmup=0)
     rows.append(Row(name, "infer", rates, compile_s, peak()))
     return rows
 

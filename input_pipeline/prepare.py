@@ -37,10 +37,9 @@ def reencode(data: bytes, max_shorter_side: int, quality: int) -> bytes:
         width, height = image.size
         scale = min(1.0, max_shorter_side / min(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if image.format == "JPEG" and scale < 1:
-            image.draft(image.mode, size)  # DCT-domain reduction to no less than the target
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = transforms.decode(image, data, size if scale < 1 else None)  # DCT reduction to >= size
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(image)
         if image.size != size:
             image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
         out = io.BytesIO()

@@ -30,6 +30,13 @@ from input_pipeline.photos import IMAGENET_MEAN
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
+def _resample(interpolation: str, rng: np.random.Generator):
+    """The PIL filter named by `interpolation`; `random` draws bilinear or bicubic (timm's training default)."""
+    if interpolation == "random":
+        return (Image.BILINEAR, Image.BICUBIC)[int(rng.integers(2))]
+    return INTERPOLATIONS[interpolation]
+
+
 class CorruptImage(ValueError):
     """The bytes are not a readable image (truncated, not an image, unsupported)."""
 
@@ -52,7 +59,7 @@ except ImportError:  # pragma: no cover - PIL alone works, a little slower
     simplejpeg = None
 
 
-def _decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.Image | np.ndarray:
+def decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.Image | np.ndarray:
     """Decodes `image` (opened from `data`) as RGB, at the smallest JPEG DCT reduction (1/2, 1/4,
     1/8) that is still at least `request` pixels when given. Returns a uint8 array or a PIL image."""
     if image.format == "JPEG" and image.mode in ("RGB", "L") and simplejpeg is not None and isinstance(data, bytes):
@@ -81,7 +88,7 @@ def _resize_box(image: Image.Image, box: tuple[float, ...], size: tuple[int, int
         if draft and image.format == "JPEG":
             box_w, box_h = box[2] - box[0], box[3] - box[1]
             request = (math.ceil(width * size[0] / box_w), math.ceil(height * size[1] / box_h))
-        decoded = _decode(image, data, request)
+        decoded = decode(image, data, request)
         dw, dh = decoded.size if isinstance(decoded, Image.Image) else (decoded.shape[1], decoded.shape[0])
         if (dw, dh) != (width, height):
             sx, sy = dw / width, dh / height
@@ -151,15 +158,11 @@ class TrainTransform:
             raise ValueError(f"interpolation {interpolation!r} is not one of {[*INTERPOLATIONS, 'random']}")
         self.randaugment = RandAugment(randaugment, size, interpolation=interpolation) if randaugment else None
 
-    def _resample(self, rng: np.random.Generator):
-        if self.interpolation == "random":  # timm's default for training: bilinear or bicubic
-            return (Image.BILINEAR, Image.BICUBIC)[int(rng.integers(2))]
-        return INTERPOLATIONS[self.interpolation]
-
     def __call__(self, data: bytes | np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = open_image(data)
         box = random_resized_crop_box(*image.size, rng, self.scale, self.ratio)
-        out = _resize_box(image, box, (self.size, self.size), self._resample(rng), self.draft, crop=True, data=data)
+        out = _resize_box(image, box, (self.size, self.size), _resample(self.interpolation, rng), self.draft,
+                          crop=True, data=data)  # fmt: skip
         if self.hflip and rng.random() < self.hflip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)  # PIL's flip is ~10x faster than a strided numpy copy
         if self.randaugment is not None:
@@ -334,9 +337,5 @@ class RandAugment:
             magnitude = max(0.0, min(magnitude, self.max))
             name = self.ops[index]
             arg = level_to_arg(name, magnitude, negate=rng.random() > 0.5)
-            if self.interpolation == "random":
-                resample = (Image.BILINEAR, Image.BICUBIC)[int(rng.integers(2))]
-            else:
-                resample = INTERPOLATIONS[self.interpolation]
-            image = apply_op(image, name, arg, fill=self.fill, resample=resample)
+            image = apply_op(image, name, arg, fill=self.fill, resample=_resample(self.interpolation, rng))
         return image
