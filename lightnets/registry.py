@@ -15,6 +15,12 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+# torchvision's and timm's ImageNet normalisation (RGB in [0, 1]), and the Inception one that
+# TensorFlow-trained weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -29,6 +35,10 @@ class ModelInfo:
       reference: the PyTorch model this variant reproduces, "library:name" with the builder's
         arguments, e.g. "torchvision:mobilenet_v2(width_mult=0.35)" or "timm:mobilenetv1_100".
       defaults: the options the builder gets unless the caller overrides them.
+      crop_pct, interpolation, mean, std: the reference's evaluation preprocessing at
+        `resolution` (resize the shorter side to `resolution / crop_pct`, centre crop, normalise),
+        which converted weights expect (timm's pretrained config; torchvision's IMAGENET1K_V1
+        weights); `lightnets.predict` and `lightnets.export` use it.
     """
 
     name: str
@@ -37,17 +47,32 @@ class ModelInfo:
     resolution: int
     reference: str
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, family: str, builder: Callable[..., nnx.Module], *, resolution: int, reference: str, **defaults: Any
+    name: str,
+    family: str,
+    builder: Callable[..., nnx.Module],
+    *,
+    resolution: int,
+    reference: str,
+    crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    **defaults: Any,
 ) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = ModelInfo(name, family, builder, resolution, reference, defaults)
+    preprocessing = {"crop_pct": crop_pct, "interpolation": interpolation, "mean": mean, "std": std}
+    _REGISTRY[name] = ModelInfo(name, family, builder, resolution, reference, defaults, **preprocessing)
 
 
 def list_models(pattern: str = "*") -> list[str]:

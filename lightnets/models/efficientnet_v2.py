@@ -22,7 +22,7 @@ from flax import nnx
 
 from lightnets.blocks import FusedMBConv, InvertedResidual, MBNet, Stage, stage
 from lightnets.layers import ConvBnAct, Layers, make_divisible
-from lightnets.registry import register_model
+from lightnets.registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 
 Conv = functools.partial(ConvBnAct, residual=True)  # stage 1: Fused-MBConv without expansion
 Fused = FusedMBConv
@@ -128,7 +128,7 @@ class EfficientNetV2(MBNet):
         )
 
 
-def _register(name, resolution, reference, stages, *, dropout=0.0, drop_path_rate=0.0, **arch):
+def _register(name, resolution, reference, stages, *, dropout=0.0, drop_path_rate=0.0, preprocess=None, **arch):
     register_model(
         name,
         "efficientnet_v2",
@@ -137,28 +137,46 @@ def _register(name, resolution, reference, stages, *, dropout=0.0, drop_path_rat
         reference=reference,
         dropout=dropout,
         drop_path_rate=drop_path_rate,
+        **(preprocess or {}),
     )
 
 
 _TF = {"padding": "same", "bn_eps": 1e-3}
 _B = {"stem_chs": 32, "round_limit": 0.0}
-_register("efficientnet_v2_b0_tf", 192, "timm:tf_efficientnetv2_b0", BASE, **_TF, **_B)
-_register("efficientnet_v2_b1_tf", 192, "timm:tf_efficientnetv2_b1", BASE, **_TF, **_B, depth_mult=1.1)
-_register("efficientnet_v2_b2_tf", 208, "timm:tf_efficientnetv2_b2", BASE, **_TF, **_B, width_mult=1.1, depth_mult=1.2)
-_register("efficientnet_v2_b3_tf", 240, "timm:tf_efficientnetv2_b3", BASE, **_TF, **_B, width_mult=1.2, depth_mult=1.4)
-_register("efficientnet_v2_s_tf", 300, "timm:tf_efficientnetv2_s", S, **_TF)
-_register("efficientnet_v2_m_tf", 384, "timm:tf_efficientnetv2_m", M, **_TF)
-_register("efficientnet_v2_l_tf", 384, "timm:tf_efficientnetv2_l", L, **_TF, stem_chs=32)
-_register("efficientnet_v2_xl_tf", 384, "timm:tf_efficientnetv2_xl", XL, **_TF, stem_chs=32)
+
+
+# The references' evaluation preprocessing (timm's pretrained configs, torchvision's weights).
+def _eval(crop_pct, interpolation="bicubic", inception=False):
+    norm = {"mean": INCEPTION_MEAN, "std": INCEPTION_STD} if inception else {}
+    return {"crop_pct": crop_pct, "interpolation": interpolation, **norm}
+
+
+_register("efficientnet_v2_b0_tf", 192, "timm:tf_efficientnetv2_b0", BASE, **_TF, **_B, preprocess=_eval(0.875))
+_register("efficientnet_v2_b1_tf", 192, "timm:tf_efficientnetv2_b1", BASE, **_TF, **_B, depth_mult=1.1,
+          preprocess=_eval(0.882))  # fmt: skip
+_register("efficientnet_v2_b2_tf", 208, "timm:tf_efficientnetv2_b2", BASE, **_TF, **_B, width_mult=1.1, depth_mult=1.2,
+          preprocess=_eval(0.89))  # fmt: skip
+_register("efficientnet_v2_b3_tf", 240, "timm:tf_efficientnetv2_b3", BASE, **_TF, **_B, width_mult=1.2, depth_mult=1.4,
+          preprocess=_eval(0.9, inception=True))  # fmt: skip
+_register("efficientnet_v2_s_tf", 300, "timm:tf_efficientnetv2_s", S, **_TF, preprocess=_eval(1.0, inception=True))
+_register("efficientnet_v2_m_tf", 384, "timm:tf_efficientnetv2_m", M, **_TF, preprocess=_eval(1.0, inception=True))
+_register("efficientnet_v2_l_tf", 384, "timm:tf_efficientnetv2_l", L, **_TF, stem_chs=32,
+          preprocess=_eval(1.0, inception=True))  # fmt: skip
+_register("efficientnet_v2_xl_tf", 384, "timm:tf_efficientnetv2_xl", XL, **_TF, stem_chs=32,
+          preprocess=_eval(1.0, inception=True))  # fmt: skip
 
 _TV = {"padding": "symmetric", "bn_eps": 1e-3, "drop_path_rate": 0.2}
-_register("efficientnet_v2_s", 384, "torchvision:efficientnet_v2_s", S, **_TV, dropout=0.2)
-_register("efficientnet_v2_m", 480, "torchvision:efficientnet_v2_m", M, **_TV, dropout=0.3)
-_register("efficientnet_v2_l", 480, "torchvision:efficientnet_v2_l", L, **_TV, dropout=0.4, stem_chs=32)
+_register("efficientnet_v2_s", 384, "torchvision:efficientnet_v2_s", S, **_TV, dropout=0.2,
+          preprocess=_eval(1.0, "bilinear"))  # fmt: skip
+_register("efficientnet_v2_m", 480, "torchvision:efficientnet_v2_m", M, **_TV, dropout=0.3,
+          preprocess=_eval(1.0, "bilinear"))  # fmt: skip
+_register("efficientnet_v2_l", 480, "torchvision:efficientnet_v2_l", L, **_TV, dropout=0.4, stem_chs=32,
+          preprocess=_eval(1.0, inception=True))  # fmt: skip
 
 _RW = {"padding": "symmetric", "bn_eps": 1e-5}
-_register("efficientnet_v2_rw_t", 224, "timm:efficientnetv2_rw_t", S, **_RW, width_mult=0.8, depth_mult=0.9)
-_register("efficientnet_v2_rw_s", 288, "timm:efficientnetv2_rw_s", S_RW, **_RW, head_chs=1792)
+_register("efficientnet_v2_rw_t", 224, "timm:efficientnetv2_rw_t", S, **_RW, width_mult=0.8, depth_mult=0.9,
+          preprocess=_eval(1.0))  # fmt: skip
+_register("efficientnet_v2_rw_s", 288, "timm:efficientnetv2_rw_s", S_RW, **_RW, head_chs=1792, preprocess=_eval(1.0))
 _register(
     "efficientnet_v2_rw_m",
     320,
@@ -168,4 +186,5 @@ _register(
     head_chs=1792,
     width_mult=1.2,
     depth_mult=(1.2,) * 4 + (1.6,) * 2,
+    preprocess=_eval(1.0),
 )

@@ -16,7 +16,7 @@ from flax import nnx
 
 from lightnets.blocks import DepthwiseSeparable, MBNet, stage
 from lightnets.layers import Layers, make_divisible
-from lightnets.registry import register_model
+from lightnets.registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 
 # The paper's Table 1 as stages: depthwise-separable blocks with an activation after the
 # pointwise convolution and no residual.
@@ -55,7 +55,11 @@ class MobileNetV1(MBNet):
         )
 
 
-for _width, _timm in ((0.25, None), (0.5, None), (0.75, None), (1.0, "mobilenetv1_100"), (1.25, "mobilenetv1_125")):
+# timm's weights were trained with the Inception normalisation and evaluate with a bicubic resize.
+for _width, _timm, _crop in (
+    (0.25, None, 0.875), (0.5, None, 0.875), (0.75, None, 0.875),
+    (1.0, "mobilenetv1_100", 0.875), (1.25, "mobilenetv1_125", 0.9),
+):  # fmt: skip
     _suffix = f"{round(_width * 100):03d}"
     register_model(
         f"mobilenet_v1_{_suffix}",
@@ -63,4 +67,8 @@ for _width, _timm in ((0.25, None), (0.5, None), (0.75, None), (1.0, "mobilenetv
         functools.partial(MobileNetV1, _width),
         resolution=224,
         reference=f"timm:{_timm}" if _timm else f"timm:_gen_mobilenet_v1(channel_multiplier={_width})",
+        crop_pct=_crop,
+        interpolation="bicubic",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
     )

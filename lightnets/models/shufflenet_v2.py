@@ -140,4 +140,5 @@ for _width in STAGE_OUT_CHANNELS:
         functools.partial(ShuffleNetV2, _width),
         resolution=224,
         reference=f"torchvision:shufflenet_v2_{_suffix}",
+        crop_pct=224 / 232 if _width >= 1.5 else 0.875,  # torchvision's weights: resize 232 or 256
     )
