@@ -7,6 +7,7 @@ no download). They are what the model summary and the converter's `--verify` run
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import numpy as np
@@ -50,6 +51,12 @@ def crop_resize(image: np.ndarray, size: int, *, scale: float = 1.0, anchor: tup
 
 def load_photos() -> dict[str, np.ndarray]:
     """Every shipped photo as uint8 RGB, by name; scikit-image's only if it is installed."""
+    return dict(_load_photos())
+
+
+@functools.cache
+def _load_photos() -> dict[str, np.ndarray]:
+    # Decoding them takes 2 s; they are read-only, so one copy serves every caller.
     from sklearn.datasets import load_sample_images
 
     sample = load_sample_images()
@@ -57,18 +64,25 @@ def load_photos() -> dict[str, np.ndarray]:
     try:
         import skimage.data
     except ImportError:
-        return photos
-    for name in SKIMAGE_PHOTOS:
+        skimage = None
+    for name in SKIMAGE_PHOTOS if skimage else ():
         image = getattr(skimage.data, name)()
         if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
             photos[f"{name}_left"], photos[f"{name}_right"] = to_rgb(image[0]), to_rgb(image[1])
         else:
             photos[name] = to_rgb(image)
+    for image in photos.values():
+        image.flags.writeable = False
     return photos
 
 
 def sample_photos(size: int, views: int = 1) -> np.ndarray:
-    """The shipped photos, normalised, NHWC float32.
+    """The shipped photos, normalised, NHWC float32 (see `sample_pixels`)."""
+    return normalize(sample_pixels(size, views))
+
+
+def sample_pixels(size: int, views: int = 1) -> np.ndarray:
+    """The shipped photos, NHWC uint8.
 
     `views=1` is each photo's centre crop; `views=4` adds its mirror image and two 70 % crops
     (top-left, bottom-right), for comparisons that need more than a handful of images.
@@ -83,7 +97,7 @@ def sample_photos(size: int, views: int = 1) -> np.ndarray:
             crops.append(centre[:, ::-1])
             crops.append(crop_resize(photo, size, scale=0.7, anchor=(0.0, 0.0)))
             crops.append(crop_resize(photo, size, scale=0.7, anchor=(1.0, 1.0)))
-    return normalize(np.stack(crops))
+    return np.stack(crops)
 
 
 def load_images(paths: list[str], size: int) -> np.ndarray:

@@ -191,8 +191,10 @@ def _global(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def _run_metadata(config: ml_collections.ConfigDict, model: nnx.Module) -> dict:
-    return {"model": model.variant, "num_classes": model.num_classes, "config": config.to_dict()}
+def _run_metadata(config: ml_collections.ConfigDict, model: nnx.Module, class_names: list[str]) -> dict:
+    # The class names let `lightnets.predict` name what it sees without the data set at hand.
+    return {"model": model.variant, "num_classes": model.num_classes, "config": config.to_dict(),
+            "class_names": list(class_names)}  # fmt: skip
 
 
 def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[str, float]:
@@ -321,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     ema = config.get("ema_decay", 0.0) > 0
     ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
                                       best_metric="ema_top1" if ema else "top1")  # fmt: skip
-    run = _run_metadata(config, s.model)
+    run = _run_metadata(config, s.model, s.train_source.class_names)
     start = ckpts.latest_step()
     if start is not None:
         saved = ckpts.read_run(start)
@@ -448,6 +450,26 @@ def _eval_line(m: dict[str, float], ema: bool) -> str:
     return line
 
 
+def restore_run(
+    workdir: str | os.PathLike, mesh, dtype
+) -> tuple[nnx.Module, train.TrainState, train.GraphDefs, int, dict]:
+    """The latest checkpoint of a trainer workdir: model, state (on `mesh`), graphdefs, step and run metadata."""
+    ckpts = checkpoint.RunCheckpoints(pathlib.Path(workdir) / "checkpoints")
+    try:
+        step = ckpts.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{workdir} holds no checkpoint: neither {checkpoint.METADATA} nor checkpoints/")
+        saved = ckpts.read_run(step)
+        model = create_model(saved["model"], num_classes=saved["num_classes"], dtype=dtype)
+        # The optimiser's structure, which the restore needs, does not depend on the schedule's length.
+        tx = optim.create_optimizer(ml_collections.ConfigDict(saved["config"]), 1, params=nnx.state(model, nnx.Param))
+        state, graphdefs = train.create_train_state(model, tx)
+        state = ckpts.restore(step, train.put(state, train.state_sharding(mesh, state)))
+    finally:
+        ckpts.close()
+    return model, state, graphdefs, step, saved
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_dir: str | None = None) -> dict:
     """Evaluates a checkpoint on the config's validation split.
 
@@ -464,18 +486,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
         state = train.put(state, train.state_sharding(mesh, state))
         what = f"weights {target}"
     else:
-        ckpts = checkpoint.RunCheckpoints(target / "checkpoints")
-        step = ckpts.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{target} holds no checkpoint: neither {checkpoint.METADATA} nor checkpoints/")
-        saved = ckpts.read_run(step)
-        run_config = ml_collections.ConfigDict(saved["config"])
-        model = create_model(saved["model"], num_classes=saved["num_classes"], dtype=dtype)
-        steps_per_epoch = max(1, len(source))  # the optimiser's structure does not depend on it
-        tx = optim.create_optimizer(run_config, steps_per_epoch, params=nnx.state(model, nnx.Param))
-        state, graphdefs = train.create_train_state(model, tx)
-        state = ckpts.restore(step, train.put(state, train.state_sharding(mesh, state)))
-        ckpts.close()
+        model, state, graphdefs, step, _ = restore_run(target, mesh, dtype)
         what = f"{target} step {step}"
     if model.num_classes < source.num_classes:
         raise ValueError(f"{what} has {model.num_classes} classes, {config.dataset} has {source.num_classes}")

@@ -1,5 +1,6 @@
 """The trainer as users run it: configs, main.py, resuming, stopping, errors, metrics, collectives."""
 
+import json
 import os
 import pathlib
 import re
@@ -215,6 +216,41 @@ def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tm
     assert len(source) % config.batch_size != 0
     assert from_weights["top1"] == pytest.approx(direct, abs=2 / len(source))
     assert metrics["top1"] == pytest.approx(direct, abs=2 / len(source))
+
+
+def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
+    """The run's own preprocessing, class names and (ema_decay > 0) EMA weights; int8 calibrates on
+    the run's data set by default."""
+    from PIL import Image
+
+    from lightnets import export, inference, predict
+
+    workdir, state = uninterrupted
+    config = tiny()
+    held_out = datasets.create_source("digits", "validation", image_size=config.image_size)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(held_out.images[i]).save(paths[-1])
+    assert predict.main(["--checkpoint", str(workdir), "--top_k", "1", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    model = lightnets.create_model(config.model, num_classes=10, dtype=jnp.float32)
+    model.eval()
+    nnx.update(model, state.ema_params, state.ema_batch_stats)
+    prep = inference.Preprocessing(config.image_size, config.crop_pct, config.eval_interpolation,
+                                   inference.IMAGENET_MEAN, inference.IMAGENET_STD)  # fmt: skip
+    pixels = np.stack([prep.read(p) for p in paths])
+    expected = np.argmax(np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(prep.normalize(pixels)))), -1)
+    assert re.findall(r"1\.\s+\S+%\s+(\d) \((\d)\)", out) == [(str(c), str(c)) for c in expected]
+
+    output = tmp_path / "run.tflite"
+    argv = ["--checkpoint", str(workdir), "--format", "tflite", "--quantize", "int8", "--output", str(output),
+            "--calibration_images", "64", "--min_agreement", "0"]  # fmt: skip
+    assert export.main(argv) == 0
+    sidecar = json.loads(output.with_name("run.tflite.json").read_text())
+    assert sidecar["class_names"] == [str(i) for i in range(10)]
+    assert sidecar["preprocessing"]["image_size"] == config.image_size
+    assert "EMA weights" in sidecar["source"]
 
 
 def test_fine_tune_from_a_converter_checkpoint_with_a_new_head(tmp_path):

@@ -1,0 +1,129 @@
+"""A checkpoint ready for inference: the model, the preprocessing it expects and its class names.
+
+    loaded = inference.load("/ckpt/run1")          # a trainer workdir or a weights directory
+    pixels = loaded.preprocessing.read("cat.jpg")  # uint8 (size, size, 3), as the trainer evaluates
+    logits = loaded.model(loaded.preprocessing.normalize(pixels[None]))
+
+A weights directory (the converter's output, `checkpoint.save_weights`) expects its reference's
+evaluation preprocessing (the registry's `resolution`, `crop_pct`, `interpolation`, `mean`, `std`);
+a trainer workdir expects its run's (`image_size`, `crop_pct`, `eval_interpolation`, ImageNet mean
+and std). `lightnets.predict` and `lightnets.export` are built on this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from input_pipeline import transforms
+from lightnets import checkpoint, train
+from lightnets.registry import IMAGENET_MEAN, IMAGENET_STD, model_info
+
+WEIGHTS = ("auto", "raw", "ema")
+_SYNSET = re.compile(r"n\d{8}")  # a WordNet id, what TFDS and ImageNet's folders name classes by
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to `image_size / crop_pct`, centre crop, normalise with `mean`, `std`."""
+
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @functools.cached_property
+    def transform(self) -> transforms.EvalTransform:
+        return transforms.EvalTransform(self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation)
+
+    def read(self, path: str | os.PathLike) -> np.ndarray:
+        """An image file as the model's uint8 RGB input; `transforms.CorruptImage` if unreadable."""
+        return self.transform(pathlib.Path(path).read_bytes())
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """RGB pixels (..., H, W, 3), uint8 or float in [0, 255] -> float32, what the model takes."""
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return (images.astype(np.float32) / 255.0 - mean) / std
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Loaded:
+    model: nnx.Module  # eval mode, float32
+    preprocessing: Preprocessing
+    class_names: list[str]
+    description: str  # what was loaded, for messages
+    config: dict | None = None  # a trainer run's config
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in label order (torchvision's list)."""
+    text = (pathlib.Path(__file__).parent / "imagenet_classes.txt").read_text()
+    return tuple(text.splitlines())
+
+
+def class_names(num_classes: int, recorded: list[str] | None = None) -> list[str]:
+    """Readable names: the recorded ones, ImageNet's for 1000 classes named by WordNet ids, else indices."""
+    if num_classes == 1000 and (not recorded or all(_SYNSET.fullmatch(n) for n in recorded)):
+        return list(imagenet_class_names())
+    if recorded and len(recorded) == num_classes:
+        return list(recorded)
+    return [str(i) for i in range(num_classes)]
+
+
+def reference_preprocessing(variant: str, image_size: int | None = None) -> Preprocessing:
+    """The evaluation preprocessing of `variant`'s reference weights."""
+    info = model_info(variant)
+    return Preprocessing(image_size or info.resolution, info.crop_pct, info.interpolation, info.mean, info.std)
+
+
+def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
+    """The model of a weights directory or of a trainer workdir's latest checkpoint, in float32.
+
+    `weights` picks, for a trainer checkpoint, the raw or the EMA parameters; "auto" takes the EMA
+    ones when the run kept an EMA (it then checkpoints the best by EMA accuracy), else the raw ones.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    target = pathlib.Path(checkpoint_dir).absolute()
+    if not target.is_dir():
+        raise FileNotFoundError(f"{target} is not a directory: give a weights directory or a trainer workdir")
+    if (target / checkpoint.METADATA).exists():
+        if weights == "ema":
+            raise ValueError(f"{target} is a weights directory: it has no EMA weights (weights=raw or auto)")
+        model = checkpoint.load_weights(target, dtype=jnp.float32)
+        metadata = checkpoint.read_metadata(target)
+        preprocessing = reference_preprocessing(model.variant)
+        names = class_names(model.num_classes, metadata.get("class_names"))
+        return Loaded(model, preprocessing, names, f"{model.variant} from {target}")
+
+    from lightnets import trainer  # the trainer's imports (optimisers, data) only when a run is loaded
+
+    mesh = train.make_mesh(jax.local_devices()[:1])
+    model, state, _, step, saved = trainer.restore_run(target, mesh, jnp.float32)
+    config = saved["config"]
+    use_ema = config.get("ema_decay", 0.0) > 0 if weights == "auto" else weights == "ema"
+    if use_ema and not config.get("ema_decay", 0.0) > 0:
+        raise ValueError(f"the run in {target} kept no EMA (ema_decay=0): use weights=raw")
+    params, batch_stats = (state.ema_params, state.ema_batch_stats) if use_ema else (state.params, state.batch_stats)
+    nnx.update(model, jax.device_get(params), jax.device_get(batch_stats))
+    model.eval()
+    preprocessing = Preprocessing(
+        config["image_size"], config["crop_pct"], config["eval_interpolation"], IMAGENET_MEAN, IMAGENET_STD
+    )
+    names = class_names(model.num_classes, saved.get("class_names"))
+    which = "EMA" if use_ema else "raw"
+    return Loaded(model, preprocessing, names, f"{model.variant} from {target} step {step} ({which} weights)", config)

@@ -1,0 +1,296 @@
+"""predict and export: the classes the reference predicts, exports that compute what the model computes."""
+
+import functools
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision  # noqa: F401  (before TensorFlow: the other order crashes here, see DEVELOPERS.md)
+from flax import nnx
+from PIL import Image
+
+import lightnets
+from input_pipeline import datasets, photos
+from lightnets import checkpoint, convert, export, inference, predict
+from lightnets.layers import BatchNorm
+from lightnets.registry import IMAGENET_MEAN, IMAGENET_STD, model_info
+from tests.conftest import SMALLEST
+
+SIZE = 32  # export tests: the smallest input every family takes
+
+
+def photo_files(directory: pathlib.Path, count: int = 6) -> list[pathlib.Path]:
+    """Some of the shipped photos as JPEG files, the way a user has them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, image in list(photos.load_photos().items())[:count]:
+        path = directory / f"{name}.jpg"
+        Image.fromarray(image).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def realistic(model: nnx.Module, size: int) -> nnx.Module:
+    """A random model with the BatchNorm statistics of the photos (so that folding them is tested
+    and logits have a trained network's scale) and damped residual branches (as a zero-initialised
+    last BatchNorm would: random deep networks with BatchNorm are chaotic, and amplify float32
+    rounding differences between runtimes to 1e-4 of the logits; trained ones do not)."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, BatchNorm):
+            module.momentum = 1.0
+        if getattr(module, "has_skip", False):
+            last = module.bn3 if hasattr(module, "bn3") else module.bn2
+            last.scale.set_value(last.scale[...] * 0.2)
+    model.train()
+    nnx.jit(lambda m, x: m(x))(model, jnp.asarray(photos.sample_photos(size, views=4)))
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, BatchNorm):
+            module.momentum = 0.1
+    model.eval()
+    return model
+
+
+# --- reference facts --------------------------------------------------------------------------------
+
+
+def test_imagenet_class_names_are_torchvisions():
+    from torchvision.models import MobileNet_V2_Weights
+
+    assert list(inference.imagenet_class_names()) == MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+
+
+@pytest.mark.parametrize("variant", lightnets.list_models())
+def test_registry_preprocessing_is_the_references(variant):
+    """What predict and export feed converted weights: the reference's own evaluation transform."""
+    info = model_info(variant)
+    library, name, _ = convert.parse_reference(info.reference)
+    if library == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is None:  # timm's unnamed widths (_gen_mobilenet_v1): its defaults
+            cfg = timm.models.get_pretrained_cfg("mobilenetv1_100")
+        assert info.resolution == cfg.input_size[-1]
+        assert info.crop_pct == pytest.approx(cfg.crop_pct)
+        assert (info.interpolation, info.mean, info.std) == (cfg.interpolation, tuple(cfg.mean), tuple(cfg.std))
+    else:
+        import torchvision.models as tvm
+
+        weights = tvm.get_model_weights(name).IMAGENET1K_V1.transforms()  # the weights the seeds reproduce
+        assert info.resolution == weights.crop_size[0]
+        assert info.crop_pct == pytest.approx(weights.crop_size[0] / weights.resize_size[0])
+        assert info.interpolation == weights.interpolation.value
+        assert (info.mean, info.std) == (tuple(weights.mean), tuple(weights.std))
+
+
+# --- predict ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["mobilenet_v2_035"])
+def test_predict_prints_the_classes_the_reference_predicts(variant, tmp_path, capsys):
+    """A converted torchvision checkpoint: predict's top-5 (names and order) are the reference's."""
+    reference = convert.reference_model(variant).eval()
+    with torch.no_grad():  # BatchNorm statistics of real photos, for logits of a trained network's scale
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        reference.train()
+        reference(torch.from_numpy(photos.sample_photos(96, views=4).transpose(0, 3, 1, 2)))
+        reference.eval()
+    torch.save(reference.state_dict(), tmp_path / "reference.pth")
+    weights = tmp_path / "weights"
+    argv = ["--model", variant, "--torch_checkpoint", str(tmp_path / "reference.pth"), "--output", str(weights)]
+    assert convert.main(argv) == 0
+    capsys.readouterr()
+
+    files = photo_files(tmp_path / "photos")
+    assert predict.main(["--checkpoint", str(weights), "--batch_size", "4", str(tmp_path / "photos")]) == 0
+    out = capsys.readouterr().out
+
+    prep = inference.reference_preprocessing(variant)
+    pixels = np.stack([prep.read(f) for f in sorted(files)])
+    with torch.no_grad():
+        logits = reference(torch.from_numpy(prep.normalize(pixels).transpose(0, 3, 1, 2))).numpy()
+    names = inference.imagenet_class_names()
+    expected = []
+    for path, row in zip(sorted(files), logits, strict=True):
+        expected.append(str(path))
+        probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        for rank, c in enumerate(np.argsort(-row)[:5], 1):
+            expected.append(f"  {rank}. {probs[c]:7.2%}  {names[c]} ({c})")
+    assert out.splitlines() == expected
+
+
+def test_predict_skips_unreadable_images_and_says_so(tmp_path, capsys):
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=3)
+    checkpoint.save_weights(model, tmp_path / "weights")
+    good = photo_files(tmp_path / "photos", count=1)[0]
+    bad = tmp_path / "photos" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert predict.main(["--checkpoint", str(tmp_path / "weights"), str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert str(good) in captured.out and "3 classes" not in captured.out
+    assert captured.out.count("  1. ") == 1 and "  4. " not in captured.out  # top-k capped at the 3 classes
+    assert f"skipped {bad}" in captured.err and "1 of 2 images could not be read" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--checkpoint", "/nonexistent", "x.jpg"], "does not exist"),
+        (["--checkpoint", "{tmp}", "{tmp}"], "no images"),
+        (["--checkpoint", "{tmp}", "--top_k", "0", "x.jpg"], "must be positive"),
+    ],
+)
+def test_predict_bad_input_is_a_clear_error(argv, message, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        predict.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --- export -----------------------------------------------------------------------------------------
+
+
+def logits(loaded: inference.Loaded, pixels: np.ndarray) -> np.ndarray:
+    """The JAX model's logits (jitted: eager execution compiles every operation separately)."""
+    x = jnp.asarray(loaded.preprocessing.normalize(pixels))
+    return np.asarray(nnx.jit(lambda m, x: m(x))(loaded.model, x))
+
+
+@functools.cache
+def _loaded(variant: str, num_classes: int = 1000) -> inference.Loaded:
+    model = realistic(lightnets.create_model(variant, num_classes=num_classes, dtype=jnp.float32), SIZE)
+    prep = inference.reference_preprocessing(variant, SIZE)
+    return inference.Loaded(model, prep, inference.class_names(num_classes), variant)
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("variant", SMALLEST)
+def test_float32_export_computes_what_the_model_computes(variant, fmt, tmp_path):
+    loaded = _loaded(variant)
+    output = tmp_path / f"model.{fmt}"
+    result = export.export(loaded, fmt, output)
+    assert result.passed, result.line()
+
+    # The file as written, in its runtime, at another batch size: the batch dimension is dynamic.
+    pixels = export.verification_pixels(SIZE)[:2]
+    actual = export.RUNNERS[fmt](output, pixels)
+    assert actual.shape == (2, 1000)
+    np.testing.assert_allclose(actual, result.expected[:2], rtol=0, atol=1e-4 * np.abs(result.expected).max())
+    sidecar = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert sidecar["preprocessing"]["image_size"] == SIZE and len(sidecar["class_names"]) == 1000
+    assert sidecar["input"]["layout"] == ("NCHW" if fmt == "onnx" else "NHWC")
+
+
+def test_onnx_export_runs_without_lightnets(tmp_path):
+    """The ONNX file needs onnxruntime and numpy only: lightnets, JAX, flax and TensorFlow are
+    made unimportable in the process that runs it."""
+    loaded = _loaded("mobilenet_v2_035")
+    assert export.export(loaded, "onnx", tmp_path / "model.onnx").passed
+    pixels = export.verification_pixels(SIZE)[:4]
+    np.save(tmp_path / "pixels.npy", pixels.transpose(0, 3, 1, 2))
+    np.save(tmp_path / "expected.npy", logits(loaded, pixels))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("lightnets", "input_pipeline", "jax", "flax", "tensorflow"):
+                    raise ImportError(f"{{name}} is blocked")
+        sys.meta_path.insert(0, Block())
+        import numpy as np, onnxruntime as ort
+        session = ort.InferenceSession({str(tmp_path / "model.onnx")!r}, providers=["CPUExecutionProvider"])
+        logits = session.run(None, {{"pixels": np.load({str(tmp_path / "pixels.npy")!r})}})[0]
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        print(float(np.abs(logits - expected).max() / np.abs(expected).max()))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) <= 1e-4
+
+
+def test_a_wrong_export_is_refused_and_left_aside(tmp_path, monkeypatch):
+    loaded = _loaded("mobilenet_v1_025")
+    run = export.RUNNERS["stablehlo"]
+    monkeypatch.setitem(export.RUNNERS, "stablehlo", lambda path, pixels: run(path, pixels) * 1.001)
+    result = export.export(loaded, "stablehlo", tmp_path / "model.shlo")
+    assert not result.passed and result.relative > 1e-4
+    assert not (tmp_path / "model.shlo").exists() and not (tmp_path / "model.shlo.json").exists()
+    assert (tmp_path / "model.shlo.failed").exists()
+
+
+def test_export_cli_bad_input_is_a_clear_error(tmp_path, capsys):
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=3)
+    checkpoint.save_weights(model, tmp_path / "weights")
+    base = ["--checkpoint", str(tmp_path / "weights"), "--output", str(tmp_path / "m")]
+    for argv, message in [
+        (["--format", "onnx", "--quantize", "int8"], "is for --format=tflite"),
+        (["--format", "tflite", "--quantize", "int8"], "needs --calibration"),
+        (["--format", "pt"], "invalid choice"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            export.main(base + argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_on_digits():
+    """mobilenet_v1_025 trained briefly on the digits at 16 px (float32, one device): quantisation
+    is judged on a trained network, as random ones amplify any rounding chaotically."""
+    import optax
+
+    train = datasets.create_source("digits", "train", image_size=16)
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=10, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    steps = 100
+    opt = nnx.Optimizer(model, optax.sgd(optax.cosine_decay_schedule(0.1, steps), momentum=0.9), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()  # noqa: E731
+        opt.update(model, nnx.grad(loss)(model))
+
+    rng = np.random.default_rng(0)
+    images = photos.normalize(train.images)
+    for _ in range(steps):
+        batch = rng.choice(len(images), 32, replace=False)
+        step(model, opt, jnp.asarray(images[batch]), jnp.asarray(train.labels[batch]))
+    model.eval()
+    prep = inference.Preprocessing(16, 1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    return inference.Loaded(model, prep, inference.class_names(10), "mobilenet_v1_025 (digits)")
+
+
+def test_int8_tflite_keeps_a_trained_networks_decisions(trained_on_digits, tmp_path):
+    loaded = trained_on_digits
+    calibration = export.calibration_images("digits", loaded.preprocessing, 200)  # through the data pipeline
+    output = tmp_path / "int8.tflite"
+    result = export.export(loaded, "tflite", output, quantize="int8", calibration=calibration)
+    assert result.passed and result.top1_agreement >= 0.9, result.line()
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = {op["op_name"] for op in Interpreter(model_path=str(output))._get_ops_details()}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= ops  # BatchNorm folded, every op int8 (the converter enforces it)
+
+    # On held-out digits, what it was trained for: the same decisions and the same accuracy.
+    held_out = datasets.create_source("digits", "validation", image_size=16)
+    float_logits = logits(loaded, held_out.images)
+    int8_logits = export.run_tflite(output, held_out.images.astype(np.float32))
+    assert np.mean(float_logits.argmax(-1) == int8_logits.argmax(-1)) >= 0.9
+    float_acc = np.mean(float_logits.argmax(-1) == held_out.labels)
+    assert float_acc > 0.5  # it did learn
+    assert np.mean(int8_logits.argmax(-1) == held_out.labels) >= float_acc - 0.05
+
+
+def test_float16_tflite_is_close(trained_on_digits, tmp_path):
+    result = export.export(trained_on_digits, "tflite", tmp_path / "f16.tflite", quantize="float16")
+    assert result.passed and result.top1_agreement >= 0.95 and result.relative < 0.02, result.line()
