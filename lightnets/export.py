@@ -806,11 +806,18 @@ def export(
     return result
 
 
+@nnx.jit
+def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return model(x).astype(jnp.float32)
+
+
 def reference_logits(model: nnx.Module, preprocessing: inference.Preprocessing, pixels: np.ndarray) -> np.ndarray:
-    """The JAX model's logits on `pixels`, as lightnets runs it (its own convolution formulation)."""
-    x = preprocessing.normalize(pixels)
-    # The model is an argument, not a closure: its weights would be compiled in as constants.
-    return np.asarray(nnx.jit(lambda m, x: m(x).astype(jnp.float32))(model, jnp.asarray(x)))
+    """The JAX model's logits on `pixels`, as lightnets runs it (its own convolution formulation).
+
+    The model is an argument of one jitted function, not a closure: its weights are not compiled
+    in as constants, and exporting one model to several formats compiles it once.
+    """
+    return np.asarray(_logits(model, jnp.asarray(preprocessing.normalize(pixels))))
 
 
 def main(argv: list[str] | None = None) -> int:
