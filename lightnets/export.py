@@ -851,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quantize != "none" and args.format != "tflite":
         parser.error(f"--quantize={args.quantize} is for --format=tflite; ONNX and StableHLO export float32")
+    if args.calibration_images < 1 or (args.image_size is not None and args.image_size < 1):
+        parser.error("--calibration_images and --image_size must be positive")
     try:
         loaded = inference.load(args.checkpoint, weights=args.weights)
         calibration = None

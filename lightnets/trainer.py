@@ -339,9 +339,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     writer = _metric_writer(workdir)
     if step == 0:
         writer.write_hparams(_flat_hparams(config))
-    logging.info("Training %s on %s: %d steps of %d images (%d per epoch) on %d devices%s", config.model,
-                 config.dataset, s.num_train_steps, config.batch_size, s.steps_per_epoch, jax.device_count(),
-                 " (FSDP)" if fsdp else "")  # fmt: skip
+    devices = f"{jax.device_count()} device{'s' if jax.device_count() > 1 else ''}{' (FSDP)' if fsdp else ''}"
+    logging.info("Training %s on %s: %d steps of %d images (%d per epoch) on %s", config.model, config.dataset,
+                 s.num_train_steps, config.batch_size, s.steps_per_epoch, devices)  # fmt: skip
 
     log_every = config.get("log_every_steps", 50)
     checkpoint_every = config.get("checkpoint_every_steps", 0) or s.steps_per_epoch

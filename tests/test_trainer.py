@@ -245,7 +245,7 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
 
     output = tmp_path / "run.tflite"
     argv = ["--checkpoint", str(workdir), "--format", "tflite", "--quantize", "int8", "--output", str(output),
-            "--calibration_images", "64", "--min_agreement", "0"]  # fmt: skip
+            "--calibration_images", "16", "--min_agreement", "0"]  # fmt: skip
     assert export.main(argv) == 0
     sidecar = json.loads(output.with_name("run.tflite.json").read_text())
     assert sidecar["class_names"] == [str(i) for i in range(10)]
