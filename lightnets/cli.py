@@ -1,0 +1,96 @@
+"""What every command does with a mistake: one line on stderr, a non-zero exit, no traceback.
+
+    def main(argv=None) -> int:
+        parser = argparse.ArgumentParser(prog="python -m lightnets.convert")
+        cli.add_debug_flag(parser)
+        ...
+
+    if __name__ == "__main__":
+        cli.run(main, "python -m lightnets.convert")
+
+A user's mistake (a wrong path, a bad value, a checkpoint that does not fit) reaches the user as
+`PROG: error: MESSAGE` and exit status 2; `--debug` (or LIGHTNETS_DEBUG=1) shows the traceback
+instead. Errors of any other type are bugs of ours and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# What a mistake of the user's raises: our own checks raise ValueError (CheckpointMismatchError
+# is one) or a FileNotFoundError/FileExistsError; OSError covers unreadable, unwritable and full.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+EXIT_USER_ERROR = 2  # argparse's status for a usage error
+
+
+def debugging(argv: Sequence[str] | None = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("LIGHTNETS_DEBUG", "") not in ("", "0")
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (LIGHTNETS_DEBUG=1)")
+
+
+def error_line(prog: str, error: BaseException) -> str:
+    message = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and len(error.args) == 1:  # KeyError's str() is the key's repr
+        message = str(error.args[0])
+    return f"{prog}: error: {message}"
+
+
+def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> None:
+    """Runs `main(argv)` and exits with its status; a user's mistake becomes one line on stderr."""
+    quiet_libraries()
+    try:
+        status = main(argv)
+    except USER_ERRORS as e:
+        if debugging(argv):
+            raise
+        print(error_line(prog, e), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status)
+
+
+# Notices that every run prints and that say nothing about this run: JAX looking for a TPU on a
+# machine without one, orbax re-registering our array handler, TensorFlow's and oneDNN's start-up.
+_HARMLESS = (
+    "Unable to initialize backend",
+    "Type handler registry",
+    "oneDNN custom operations are on",
+    "could not open file to read NUMA node",
+    "This TensorFlow binary is optimized",
+    "An NVIDIA GPU may be present on this machine",
+)
+
+
+class _QuietFilter(logging.Filter):
+    """Keeps the known harmless notices and orbax's per-save INFO lines off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(notice in message for notice in _HARMLESS):
+            return False
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+_FILTER = _QuietFilter()
+
+
+def quiet_libraries() -> None:
+    """Filters the harmless notices of JAX, orbax and TensorFlow; real warnings pass. Idempotent."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its oneDNN notice (TF only writes summaries here)
+    for name in ("", "jax._src.xla_bridge", "absl", "orbax", "tensorflow"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
