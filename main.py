@@ -13,16 +13,15 @@ JAX_PROCESS_ID), or `--multihost` where JAX finds them itself (TPU pods, SLURM, 
 the README.
 """
 
-import logging as pylogging
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (TensorBoard writer) start-up chatter
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lightnets import cli
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Configuration file[:variant].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs; a run resumes from the latest checkpoint here.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "describe"], "Train (and evaluate), evaluate only, or describe.")
 flags.DEFINE_string("checkpoint", None, "eval: a converter weights directory or a trainer workdir (default --workdir).")
@@ -30,6 +29,28 @@ flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRE
 flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None, "Multi-host: processes.")
 flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", -1)), "Multi-host: this process, 0-based.")
 flags.DEFINE_bool("multihost", False, "Multi-host with the cluster's own discovery (TPU pod, SLURM, Open MPI).")
+flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of its one-line message.")
+PROG = "main.py"
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
+
+
+def _define_config_flag() -> None:
+    # ml_collections reads the --config.FIELD overrides while the flag is defined: a misspelt
+    # field raises here, before absl parses anything.
+    try:
+        config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Configuration file[:variant].",
+                                        lock_config=True)  # fmt: skip
+    except Exception as e:
+        if cli.debugging():
+            raise
+        _fail(cli.flag_error(e, sys.argv))
+
+
+_define_config_flag()
 
 
 def _initialize_distributed() -> None:
@@ -37,7 +58,7 @@ def _initialize_distributed() -> None:
 
     if FLAGS.coordinator_address:
         if FLAGS.num_processes is None or FLAGS.process_id < 0:
-            raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+            _fail("--coordinator_address needs --num_processes and --process_id")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.multihost:
         jax.distributed.initialize()
@@ -47,17 +68,10 @@ def _initialize_distributed() -> None:
                  jax.local_device_count(), jax.device_count())  # fmt: skip
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Keeps orbax's per-save INFO lines (dozens per checkpoint) off the console; warnings pass."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+        _fail(f"unexpected arguments {' '.join(argv[1:])!r}: every option is a --flag (main.py --help lists them)")
+    cli.quiet_libraries()
     _initialize_distributed()  # before anything touches a device
     from lightnets import summary, trainer
 
@@ -68,16 +82,18 @@ def main(argv):
             summary.describe(config)
         elif FLAGS.mode == "eval":
             if not (FLAGS.checkpoint or FLAGS.workdir):
-                raise app.UsageError("--mode=eval needs --checkpoint or --workdir")
+                _fail("--mode=eval needs --checkpoint or --workdir")
             trainer.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
         else:
             if not FLAGS.workdir:
-                raise app.UsageError("training needs --workdir (checkpoints and TensorBoard logs go there)")
+                _fail("training needs --workdir (checkpoints and TensorBoard logs go there)")
             trainer.train_and_evaluate(config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FileExistsError, trainer.TrainingDiverged) as e:
-        logging.error("%s", e)
-        raise SystemExit(f"main.py: error: {e}") from None
+    except (*cli.USER_ERRORS, trainer.TrainingDiverged) as e:
+        if FLAGS.debug:
+            raise
+        _fail(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.quiet_libraries()
+    app.run(main, flags_parser=cli.absl_flags_parser(PROG, load=lambda: FLAGS.config.keys()))

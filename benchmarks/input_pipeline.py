@@ -192,4 +192,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from lightnets import cli
+
+    app.run(main, flags_parser=cli.absl_flags_parser("benchmarks/input_pipeline.py"))

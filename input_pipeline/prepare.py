@@ -143,5 +143,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    from lightnets import cli
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.absl_flags_parser("python -m input_pipeline.prepare"))

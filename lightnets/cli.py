@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -56,6 +58,62 @@ def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | No
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status)
+
+
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def absl_flags_parser(prog: str, load: Callable[[], object] | None = None) -> Callable[[list[str]], list[str]]:
+    """absl's flag parsing (`app.run(main, flags_parser=...)`), with a mistake answered in one line.
+
+    `load` runs right after parsing, e.g. to load the config file, so that its errors are flag errors.
+    """
+    from absl import flags
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            remaining = flags.FLAGS(argv)
+            if load is not None:
+                load()
+            return remaining
+        except SystemExit as e:
+            # absl's --help prints the flags and exits 1, as if asking for help were an error.
+            if e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
+                sys.exit(0)
+            raise
+        except Exception as e:
+            if debugging(argv):
+                raise
+            print(f"{prog}: error: {flag_error(e, argv)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return parse
+
+
+def flag_error(error: BaseException, argv: list[str]) -> str:
+    """The one line that says what was wrong with a command line, from absl's and ml_collections' errors."""
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "configs/quickstart.py")
+    text = str(root.args[0] if root.args else root)
+    if isinstance(root, OSError) and "Failed loading config file" in str(root):
+        path = config.split(":")[0]
+        available = sorted(p.name for p in pathlib.Path(path).parent.glob("[!_]*.py"))
+        return f"--config={config}: no such config file {path!r}" + (
+            f"; beside it: {', '.join(available)}" if available else ""
+        )
+    if isinstance(root, AttributeError | KeyError):  # a misspelt --config.FIELD
+        field = re.match(r"^\W*(\w+)", text)
+        field = field.group(1) if field else text
+        suggestion = re.search(r'Did you mean "(\w+)"', str(error))
+        hint = f'; did you mean "{suggestion.group(1)}"?' if suggestion else " (configs/default.py lists the fields)"
+        return f"--config.{field}: the config has no field {field!r}{hint}"
+    first = str(error).splitlines()[0]
+    if isinstance(root, ValueError) and root is not error and "Traceback" not in text:
+        where = re.match(r"flag (--\S+): ", first)  # absl: "flag --config.batch_size=abc: ..."
+        return f"{where.group(1) if where else '--config=' + config}: {text.splitlines()[0]}"
+    return first.removeprefix("flag ")
 
 
 # Notices that every run prints and that say nothing about this run: JAX looking for a TPU on a

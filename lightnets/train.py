@@ -168,9 +168,9 @@ def make_train_step(
 
 
 def make_eval_step(
-    graphdefs: GraphDefs, *, preprocess: Callable[[jax.Array], jax.Array] | None = None
+    graphdefs: GraphDefs, *, preprocess: Callable[[jax.Array], jax.Array] | None = None, ema: bool = True
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
-    """A pure eval step: summed loss, top-1 and top-5 hits over the valid examples, raw and EMA.
+    """A pure eval step: summed loss, top-1 and top-5 hits over the valid examples, raw and (`ema`) EMA.
 
     `valid` masks the padding of a last partial batch, so every example counts exactly once.
     """
@@ -187,9 +187,11 @@ def make_eval_step(
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, valid: jax.Array):
         x = preprocess(images) if preprocess is not None else images
-        raw = evaluate(state.params, state.batch_stats, state.rngs, x, labels, valid)
-        ema = evaluate(state.ema_params, state.ema_batch_stats, state.rngs, x, labels, valid)
-        return {**raw, **{f"ema_{k}": v for k, v in ema.items()}, "count": jnp.sum(valid)}
+        sums = evaluate(state.params, state.batch_stats, state.rngs, x, labels, valid)
+        if ema:
+            averaged = evaluate(state.ema_params, state.ema_batch_stats, state.rngs, x, labels, valid)
+            sums.update({f"ema_{k}": v for k, v in averaged.items()})
+        return {**sums, "count": jnp.sum(valid)}
 
     return step
 

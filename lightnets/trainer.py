@@ -37,8 +37,6 @@ from input_pipeline import datasets, transforms
 from lightnets import augment, checkpoint, optim, train
 from lightnets.registry import create_model, model_info
 
-# Fields every config has, under these names (scripts rely on them).
-REQUIRED_FIELDS = ("model", "dataset", "image_size", "batch_size", "num_epochs", "num_train_steps", "dtype", "seed")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -61,17 +59,107 @@ class Setup:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises a ValueError for a config that cannot train, naming the field and what would work."""
-    missing = [f for f in REQUIRED_FIELDS if f not in config]
+    """Raises a ValueError for a config that cannot train, naming the field and what would work.
+
+    Everything here is checked before anything is built or compiled, so that a bad value fails in
+    the first second rather than at the first evaluation, hours into a run.
+    """
+    from configs import default
+
+    expected = set(default.get_config().keys())
+    missing = [f for f in sorted(expected) if f not in config]
     if missing:
-        raise ValueError(f"the config lacks the fields {missing}; every config has {list(REQUIRED_FIELDS)}")
+        raise ValueError(f"the config lacks the fields {missing}: build it from configs/default.py's get_config()")
+    unknown = [f for f in sorted(config.keys()) if f not in expected]
+    if unknown:
+        raise ValueError(f"the config has fields that configs/default.py does not define: {unknown}")
     model_info(config.model)  # unknown names raise with close matches
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype {config.dtype!r} is not one of {list(DTYPES)}")
+    if config.optimizer not in optim.OPTIMIZERS:
+        raise ValueError(f"optimizer {config.optimizer!r} is not one of {list(optim.OPTIMIZERS)}")
+    if config.schedule not in optim.SCHEDULES:
+        raise ValueError(f"schedule {config.schedule!r} is not one of {list(optim.SCHEDULES)}")
+    for field, ok, allowed in _RANGES:
+        value = config[field]
+        if value is not None and not (_is_number(value) and ok(value)):
+            raise ValueError(f"{field}={value!r} is out of range: it must be {allowed}")
+    for field in ("crop_scale", "crop_ratio"):
+        value = tuple(config[field])
+        if not (len(value) == 2 and all(_is_number(v) for v in value) and 0 < value[0] <= value[1]):
+            raise ValueError(f"{field}={value!r} must be (low, high) with 0 < low <= high")
+    if config.crop_scale[1] > 1:
+        raise ValueError(f"crop_scale={tuple(config.crop_scale)!r}: an area fraction is at most 1")
     datasets.local_batch_size(config.batch_size)  # must divide over the devices
+    if config.eval_batch_size:
+        datasets.local_batch_size(config.eval_batch_size)
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set num_epochs or num_train_steps to a positive number")
     data_transforms(config)  # a bad RandAugment string or interpolation
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _fraction(v):  # a probability
+    return 0 <= v <= 1
+
+
+def _below_one(v):  # a decay or smoothing factor: 1 would stop learning
+    return 0 <= v < 1
+
+
+# (field, test, what would work); None is allowed where the default is a placeholder.
+_RANGES = (
+    ("image_size", _positive, "a positive number of pixels"),
+    ("batch_size", _positive, "a positive number of images"),
+    ("eval_batch_size", _non_negative, "a positive number of images, or 0 for batch_size"),
+    ("num_classes", _non_negative, "a positive class count, or 0 for the data set's"),
+    ("num_epochs", lambda v: True, "a number"),
+    ("num_train_steps", lambda v: True, "a whole number (> 0 overrides num_epochs)"),
+    ("seed", lambda v: True, "a whole number"),
+    ("dropout", _below_one, "in [0, 1)"),
+    ("drop_path_rate", _below_one, "in [0, 1)"),
+    ("lr", _positive, "positive and finite"),
+    ("lr_base_batch_size", _non_negative, "a positive number of images, or 0 for no scaling"),
+    ("momentum", _below_one, "in [0, 1)"),
+    ("weight_decay", _non_negative, ">= 0"),
+    ("opt_eps", _positive, "positive"),
+    ("b1", _below_one, "in [0, 1)"),
+    ("b2", _below_one, "in [0, 1)"),
+    ("rmsprop_decay", _below_one, "in [0, 1)"),
+    ("grad_clip_norm", _non_negative, ">= 0 (0: no clipping)"),
+    ("warmup_epochs", _non_negative, ">= 0"),
+    ("warmup_lr", _non_negative, ">= 0"),
+    ("min_lr", _non_negative, ">= 0"),
+    ("decay_epochs", _positive, "a positive number of epochs"),
+    ("decay_rate", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("label_smoothing", _below_one, "in [0, 1)"),
+    ("ema_decay", _below_one, "in [0, 1) (0: no EMA)"),
+    ("data_workers", lambda v: v >= -1, "a number of processes, 0 for threads or -1 for one per core"),
+    ("data_threads", _positive, "a positive number of threads"),
+    ("hflip", _fraction, "a probability in [0, 1]"),
+    ("crop_pct", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("reprob", _fraction, "a probability in [0, 1]"),
+    ("mixup", _non_negative, "a Beta alpha >= 0 (0: off)"),
+    ("cutmix", _non_negative, "a Beta alpha >= 0 (0: off)"),
+    ("mixup_prob", _fraction, "a probability in [0, 1]"),
+    ("mixup_switch_prob", _fraction, "a probability in [0, 1]"),
+    ("log_every_steps", _positive, "a positive number of steps"),
+    ("eval_every_epochs", _non_negative, "a positive number of epochs, or 0 for only at the end"),
+    ("checkpoint_every_steps", _non_negative, "a positive number of steps, or 0 for at every evaluation"),
+    ("keep_checkpoints", _positive, "at least 1"),
+    ("profile_steps", _non_negative, ">= 0 (0: no trace)"),
+)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
@@ -147,7 +235,9 @@ def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, step
         state=state,
         graphdefs=graphdefs,
         train_step=train.jit_train_step(step_fn, mesh, state, fsdp=fsdp),
-        eval_step=train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state, fsdp=fsdp),
+        eval_step=train.jit_eval_step(
+            train.make_eval_step(graphdefs, preprocess=preprocess, ema=config.ema_decay > 0), mesh, state, fsdp=fsdp
+        ),
         schedule=optim.create_schedule(config, steps_per_epoch),
     )
 
@@ -193,8 +283,9 @@ def _global(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 
 def _run_metadata(config: ml_collections.ConfigDict, model: nnx.Module, class_names: list[str]) -> dict:
     # The class names let `lightnets.predict` name what it sees without the data set at hand.
+    # `evaluations` (every evaluation's step and metrics) gives a resumed run its closing summary.
     return {"model": model.variant, "num_classes": model.num_classes, "config": config.to_dict(),
-            "class_names": list(class_names)}  # fmt: skip
+            "class_names": list(class_names), "evaluations": []}  # fmt: skip
 
 
 def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[str, float]:
@@ -212,7 +303,7 @@ def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[st
         sums = eval_step(state, b["image"], b["label"], b["valid"])
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = _fetch(totals)
-    count = float(totals.pop("count"))
+    count = float(totals.pop("count"))  # the EMA's metrics are there only when the run keeps an EMA
     metrics = {k: float(v) / count for k, v in totals.items()}
     metrics["skipped"] = _sum_over_processes(skipped)
     return metrics
@@ -225,11 +316,20 @@ def _sum_over_processes(count: int) -> int:
 
 
 class _Progress:
-    """Console lines with throughput and an ETA; timing windows exclude evaluation and saving."""
+    """Console lines with throughput and an ETA; timing windows exclude evaluation and saving.
 
-    def __init__(self, total_steps: int, batch_size: int, steps_per_epoch: int):
+    The ETA adds the evaluations still to come at the duration of the last one (the first
+    includes the eval step's compilation, so the estimate only improves).
+    """
+
+    def __init__(self, total_steps: int, batch_size: int, steps_per_epoch: int, eval_every: int):
         self.total, self.batch_size, self.steps_per_epoch = total_steps, batch_size, steps_per_epoch
+        self.eval_every, self.eval_seconds = eval_every, 0.0
         self.restart(0)
+
+    def evaluations_left(self, step: int) -> int:
+        left = self.total // self.eval_every - step // self.eval_every
+        return left + (self.total % self.eval_every > 0 and step < self.total)
 
     def restart(self, step: int) -> None:
         self.window_start, self.window_step = time.perf_counter(), step
@@ -243,7 +343,7 @@ class _Progress:
         return {"step_time_ms": 1000 * step_time, "images_per_sec": self.batch_size / step_time}
 
     def line(self, step: int, scalars: dict[str, float]) -> str:
-        eta = (self.total - step) * scalars["step_time_ms"] / 1000
+        eta = (self.total - step) * scalars["step_time_ms"] / 1000 + self.evaluations_left(step) * self.eval_seconds
         return (
             f"step {step}/{self.total} (epoch {step / self.steps_per_epoch:.2f}) "
             f"loss {scalars['train_loss']:.4f} top1 {100 * scalars['train_top1']:.1f}% "
@@ -333,8 +433,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                 f"{run['model']} with {run['num_classes']}: use another --workdir"
             )
         state = ckpts.restore(start, state, data)
+        run["evaluations"] = saved.get("evaluations", [])
         logging.info("Resumed from %s at step %d", ckpts.directory / str(start), start)
     step = int(_fetch(state.step))
+    if step >= s.num_train_steps:
+        logging.info("%s is complete: step %d of %d was trained already; nothing to do (raise "
+                     "--config.num_epochs or --config.num_train_steps to train further)", workdir, step,
+                     s.num_train_steps)  # fmt: skip
+        ckpts.close()
+        _summary(workdir, ckpts.directory, run["evaluations"], ema=config.ema_decay > 0, seconds=None)
+        return state
 
     writer = _metric_writer(workdir)
     if step == 0:
@@ -349,7 +457,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     eval_every = max(1, round(eval_epochs * s.steps_per_epoch)) if eval_epochs > 0 else s.num_train_steps
     profile_steps = config.get("profile_steps", 0)
     profile_start = step + 5 if profile_steps else None  # after compilation and warm-up
-    progress, stop, pending = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch), _StopRequest(), []
+    progress = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch, eval_every)
+    stop, pending = _StopRequest(), []
     last_good, compiled, profiling, started = start, False, False, time.perf_counter()
     skipped = 0  # unreadable training images left out, since this process started
     try:
@@ -360,12 +469,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
             batch = next(data)
             skipped += int(batch.pop("skipped"))
             batch = _global(mesh, batch)
+            if not compiled:
+                logging.info("Compiling the train step for %s (the first step waits for it)", devices)
             state, metrics = train_step(state, batch["image"], batch["label"])
             step += 1
             pending.append(metrics)
             if not compiled:  # keep compilation out of the throughput figures
                 jax.block_until_ready(metrics)
-                logging.info("First step (compilation included) took %.1f s", time.perf_counter() - started)
+                logging.info("Compiled and ran the first step in %.1f s", time.perf_counter() - started)
                 progress.restart(step)
                 compiled = True
             if profile_start is not None and step == profile_start + profile_steps:
@@ -398,7 +509,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
             if save_now:
                 eval_metrics = None
                 if evaluate_now:
+                    eval_start = time.perf_counter()
                     eval_metrics = run_evaluation(eval_step, state, s.eval_source, config, mesh, s.eval_transform)
+                    progress.eval_seconds = time.perf_counter() - eval_start
+                    run["evaluations"].append({"step": step, **eval_metrics})
                     writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
                     logging.info("step %d eval: %s", step, _eval_line(eval_metrics, ema))
                 ckpts.save(step, state, data, run, metrics=eval_metrics)
@@ -410,6 +524,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                 break
         logging.info("Parameters at step %d: fingerprint %s (process %d)", step, fingerprint(state.params),
                      jax.process_index())  # fmt: skip
+        if step >= s.num_train_steps:
+            ckpts.wait()
+            _summary(workdir, ckpts.directory, run["evaluations"], ema=ema, seconds=time.perf_counter() - started)
     finally:
         if profiling:  # the run ended inside the traced steps
             jax.profiler.stop_trace()
@@ -443,6 +560,26 @@ def _fetch(tree: Any) -> Any:
     return jax.tree.map(fetch, tree)
 
 
+def _summary(workdir: pathlib.Path, checkpoints: pathlib.Path, evaluations: list[dict], *, ema: bool,
+             seconds: float | None) -> None:  # fmt: skip
+    """The closing lines: final and best top-1 (raw and EMA), wall time, where everything is."""
+    if jax.process_index() > 0:
+        return
+    lines = []
+    for prefix, label in (("", "top-1"), ("ema_", "EMA top-1")) if ema else (("", "top-1"),):
+        scored = [e for e in evaluations if f"{prefix}top1" in e]
+        if scored:
+            best = max(scored, key=lambda e: e[f"{prefix}top1"])
+            lines.append(f"{label} {100 * scored[-1][f'{prefix}top1']:.2f}% at the end (step {scored[-1]['step']}), "
+                         f"best {100 * best[f'{prefix}top1']:.2f}% (step {best['step']})")  # fmt: skip
+    if not lines:
+        lines.append("no evaluation was run")
+    if seconds is not None:
+        lines.append(f"wall time {_duration(seconds)}")
+    lines.append(f"checkpoints in {checkpoints}; TensorBoard: tensorboard --logdir={workdir}")
+    logging.info("Done: %s", "; ".join(lines))
+
+
 def _eval_line(m: dict[str, float], ema: bool) -> str:
     line = f"loss {m['loss']:.4f} top1 {100 * m['top1']:.2f}% top5 {100 * m['top5']:.2f}%"
     if ema:
@@ -474,7 +611,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
     """Evaluates a checkpoint on the config's validation split.
 
     `checkpoint_dir` is a weights directory (the converter's output) or a trainer workdir; by
-    default the latest checkpoint of `workdir`. Returns the metrics (raw and EMA weights).
+    default the latest checkpoint of `workdir`. Returns the metrics (of the EMA weights too when the run kept them).
     """
     check_config(config)
     target = pathlib.Path(checkpoint_dir or workdir).absolute()
@@ -484,14 +621,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
         model = checkpoint.load_weights(target, dtype=dtype)
         state, graphdefs = train.create_train_state(model, optax.identity())
         state = train.put(state, train.state_sharding(mesh, state))
-        what = f"weights {target}"
+        what, ema = f"weights {target}", False
     else:
-        model, state, graphdefs, step, _ = restore_run(target, mesh, dtype)
-        what = f"{target} step {step}"
+        model, state, graphdefs, step, saved = restore_run(target, mesh, dtype)
+        what, ema = f"{target} step {step}", saved["config"].get("ema_decay", 0.0) > 0
     if model.num_classes < source.num_classes:
         raise ValueError(f"{what} has {model.num_classes} classes, {config.dataset} has {source.num_classes}")
     preprocess = functools.partial(train.normalize_images, dtype=dtype)
-    eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess), mesh, state)
+    eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess, ema=ema), mesh, state)
     metrics = run_evaluation(eval_step, state, source, config, mesh, data_transforms(config)[1])
-    logging.info("Evaluated %s on %s (%d images): %s", what, config.dataset, len(source), _eval_line(metrics, True))
+    logging.info("Evaluated %s on %s (%d images): %s", what, config.dataset, len(source), _eval_line(metrics, ema))
     return metrics

@@ -1,6 +1,7 @@
 """The trainer as users run it: configs, main.py, resuming, stopping, errors, metrics, collectives."""
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -18,7 +19,7 @@ import pytest
 from flax import nnx
 
 import lightnets
-from configs import efficientnetv2, mobilenetv1, mobilenetv2, quickstart, shufflenetv2
+from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, quickstart, shufflenetv2
 from input_pipeline import datasets
 from lightnets import augment, checkpoint, optim, train, trainer
 
@@ -67,8 +68,8 @@ def main_py(*args, env=None) -> subprocess.Popen:
 def test_family_configs_name_their_variant_and_hold_the_common_fields(module, variant, model):
     config = module.get_config(variant)
     assert config.model == model
-    for field in trainer.REQUIRED_FIELDS:
-        assert field in config, field
+    assert set(config.keys()) == set(default.get_config().keys())
+    trainer.check_config(config)
     assert config.dataset == "tfds:imagenet2012" and config.num_classes == 1000
 
 
@@ -98,21 +99,45 @@ def test_unknown_variant_lists_the_choices():
      ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
      ({"randaugment": "rand-m9-x2"}, "RandAugment config 'rand-m9-x2': cannot read 'x2'"),
      ({"dataset": "folder:/no/such/dir"}, "folder:/no/such/dir: no such directory"),
-     ({"dtype": "float8"}, "dtype 'float8'")],
+     ({"dtype": "float8"}, "dtype 'float8'"),
+     # Values that used to fail only when first used, hours into a run, or never.
+     ({"eval_batch_size": -1}, r"eval_batch_size=-1 is out of range: it must be a positive number"),
+     ({"eval_batch_size": 12}, "batch_size 12 does not divide over the 8 devices"),
+     ({"log_every_steps": 0}, r"log_every_steps=0 is out of range"),
+     ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is out of range: it must be in \[0, 1\)"),
+     ({"ema_decay": 1.0}, r"ema_decay=1.0 is out of range"),
+     ({"lr": float("nan")}, r"lr=nan is out of range: it must be positive and finite"),
+     ({"lr": 0.0}, r"lr=0.0 is out of range"),
+     ({"keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range: it must be at least 1"),
+     ({"crop_scale": (0.5, 0.1)}, r"crop_scale=\(0.5, 0.1\) must be \(low, high\)"),
+     ({"optimizer": "adam"}, r"optimizer 'adam' is not one of"),
+     ({"hflip": 2.0}, r"hflip=2.0 is out of range: it must be a probability")],
 )  # fmt: skip
 def test_bad_config_is_a_clear_error(override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         trainer.setup(tiny(**override))
 
 
+def test_a_config_not_built_from_the_defaults_is_refused():
+    lacking = tiny()
+    del lacking["hflip"]
+    with pytest.raises(ValueError, match=r"lacks the fields \['hflip'\]"):
+        trainer.check_config(lacking)
+    extra = tiny()
+    extra.hflipp = 0.5
+    with pytest.raises(ValueError, match=r"fields that configs/default.py does not define: \['hflipp'\]"):
+        trainer.check_config(extra)
+
+
 def test_main_rejects_unknown_fields_and_models(tmp_path):
     unknown = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.no_such_field=1")
     out = unknown.communicate(timeout=120)[0]
-    assert unknown.returncode != 0 and "no_such_field" in out
+    assert unknown.returncode == 2 and "main.py: error: --config.no_such_field: the config has no field" in out
     start = time.perf_counter()
     bad = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.model=mobilenet_v3")
     out = bad.communicate(timeout=120)[0]
-    assert bad.returncode == 1 and "main.py: error: Unknown model 'mobilenet_v3'" in out
+    assert bad.returncode == 2 and out.count("main.py: error: Unknown model 'mobilenet_v3'") == 1
+    assert "Traceback" not in out
     assert time.perf_counter() - start < 60  # no compilation happened
 
 
@@ -198,6 +223,19 @@ def test_tensorboard_has_the_curves_and_the_profile(uninterrupted):
     assert list((workdir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))  # TensorBoard's profile tab
 
 
+def test_a_finished_run_says_so_and_trains_nothing(uninterrupted, caplog):
+    workdir, state = uninterrupted
+    with caplog.at_level(logging.INFO):
+        again = trainer.train_and_evaluate(tiny(profile_steps=3), str(workdir))
+    assert f"is complete: step {STEPS} of {STEPS} was trained already" in caplog.text
+    assert "Compiling" not in caplog.text
+    # The closing summary, from the evaluations the run recorded (eval_every_epochs=0: one, at the end).
+    assert re.search(rf"Done: top-1 \d+\.\d\d% at the end \(step {STEPS}\), best \d+\.\d\d% \(step {STEPS}\); "
+                     rf"EMA top-1 .*checkpoints in {workdir}/checkpoints; TensorBoard: tensorboard --logdir={workdir}",
+                     caplog.text)  # fmt: skip
+    assert trainer.fingerprint(again.params) == trainer.fingerprint(state.params)
+
+
 def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tmp_path):
     workdir, state = uninterrupted
     config = tiny()
@@ -215,6 +253,7 @@ def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tm
     direct = float(np.mean(np.argmax(np.asarray(logits, np.float32), -1) == source.labels))
     assert len(source) % config.batch_size != 0
     assert from_weights["top1"] == pytest.approx(direct, abs=2 / len(source))
+    assert "ema_top1" in metrics and "ema_top1" not in from_weights  # a weights directory has no EMA
     assert metrics["top1"] == pytest.approx(direct, abs=2 / len(source))
 
 
