@@ -86,11 +86,12 @@ def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: 
     out = pathlib.Path(output)
     if (out / sources.INFO_FILE).exists():
         raise FileExistsError(f"{out / sources.INFO_FILE} exists: {out} holds a prepared copy; choose another --output")
+    # Every split's source before anything is written: a wrong path or a missing split fails at once.
+    split_sources = {split: datasets.create_source(dataset, split, image_size=1, data_dir=data_dir) for split in splits}
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     info = {"source": dataset, "max_shorter_side": max_shorter_side, "quality": quality, "splits": {}}
-    for split in splits:
-        source = datasets.create_source(dataset, split, image_size=1, data_dir=data_dir)
+    for split, source in split_sources.items():
         info["class_names"] = list(source.class_names)
         n = len(source)
         shards = max(1, math.ceil(n / examples_per_shard))
