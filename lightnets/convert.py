@@ -10,10 +10,10 @@ The rename is timm's names unchanged for the networks timm builds (our attribute
 timm's), and a fixed table per block type for torchvision's `nn.Sequential` indices.
 
 A checkpoint that does not fit the network is refused before anything is loaded, with every
-missing and unexpected key and every shape that differs; so are weights holding a nan or an inf
-(in either direction), naming the tensors, unless `allow_nonfinite=True`. PyTorch files are read with
-`torch.load(weights_only=True)` or safetensors, never by unpickling arbitrary objects. torch is
-needed only to read `.pth` files and by `to_torch`; the rest of lightnets imports without it.
+missing and unexpected key and every shape that differs; so are weights holding a nan or an inf,
+in either direction, naming the tensors (unless `allow_nonfinite=True`). PyTorch files are read
+with `torch.load(weights_only=True)` or safetensors, never by unpickling arbitrary objects. torch
+is needed only to read `.pth` files and by `to_torch`; the rest of lightnets imports without it.
 
 Command line: `python -m lightnets.convert --help`.
 """
@@ -289,12 +289,14 @@ def _natural(key: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-def _mismatch_report(what: str, name: str, layout: str, missing, unexpected, shapes) -> str:
+def _mismatch_report(what: str, name: str, layout: str, missing, unexpected, shapes, hint: str = "") -> str:
+    """A first line that says it all (a command shows it as its error), then every difference."""
+
     def listing(title, items):
         return [f"{title} ({len(items)}):"] + [f"  {x}" for x in sorted(items, key=_natural)]
 
     counts = f"{len(missing)} missing keys, {len(unexpected)} unexpected, {len(shapes)} shapes that differ"
-    lines = [f"{what} does not fit {name} ({layout} layout): {counts}; nothing was loaded. They are:"]
+    lines = [f"{what} does not fit {name} ({layout} layout): {counts}; nothing was loaded.{hint}"]
     if missing:
         lines += listing("missing keys", missing)
     if unexpected:
@@ -361,13 +363,11 @@ def from_torch(
         if theirs in state_dict and tuple(state_dict[theirs].shape) != want:
             shapes.append((theirs, state_dict[theirs].shape, want))
     if missing or unexpected or shapes:
-        report = _mismatch_report(what, name, layout, missing, unexpected, shapes)
+        hint = ""
         if ckpt_classes is not None and ckpt_classes != classes:
-            report += (
-                f"\nThe checkpoint classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} to load its "
-                f"classifier, or num_classes=N for a new {name} classifier of N classes."
-            )
-        raise CheckpointMismatchError(report)
+            hint = (f" It classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} (--num_classes) to load "
+                    f"its classifier, or num_classes=N for a new {name} classifier of N classes.")  # fmt: skip
+        raise CheckpointMismatchError(_mismatch_report(what, name, layout, missing, unexpected, shapes, hint))
     if not allow_nonfinite:
         check_finite({theirs: state_dict[theirs] for theirs in names.values() if theirs in state_dict}, what)
 

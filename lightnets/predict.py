@@ -81,7 +81,7 @@ def predict(
         broken = [str(path) for path, p in zip(chunk, probs, strict=True) if not np.isfinite(p).all()]
         if broken:
             raise ValueError(f"{loaded.description} computes non-finite probabilities (nan or inf) for "
-                             f"{', '.join(broken[:3])}: its weights overflow there; nothing is predicted")  # fmt: skip
+                             f"{', '.join(broken[:3])}: damaged weights, or values that overflow")  # fmt: skip
         for path, p in zip(chunk, probs, strict=True):
             best = np.argsort(-p, kind="stable")[:top_k]
             names = [loaded.class_names[i] for i in best]
