@@ -19,7 +19,8 @@ as grain wants them, with `num_classes` and `class_names`:
 
 The train iterator shuffles with a new permutation every epoch (grain), lets each JAX process read
 only its own share of every global batch, decodes and augments in threads or worker processes,
-leaves out (and counts) unreadable images, and has a state (`get_state`/`set_state`) that is
+leaves out (and counts) unreadable images (and stops with an error naming the source when
+none can be read), and has a state (`get_state`/`set_state`) that is
 saved with each checkpoint, so a resumed run continues with exactly the next batch.
 """
 
@@ -124,6 +125,11 @@ def create_source(
     )
 
 
+def describe(source) -> str:
+    """What a source reads, for messages: its folder (`folder:`), or its name."""
+    return getattr(source, "root", None) or getattr(source, "name", None) or type(source).__name__
+
+
 def local_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
     """This process's share of a global batch; it must divide over processes and devices."""
     devices = jax.device_count()
@@ -153,7 +159,7 @@ class _Decode:
         except transforms.CorruptImage as e:
             name = example.get("name", "an image")
             logging.warning("Skipping %s: not a readable image (%s)", name, e)
-            return {"skipped": name}
+            return {"skipped": name, "reason": str(e)}
         return {"image": image, "label": example["label"]}
 
 
@@ -161,21 +167,22 @@ class _BatchSkipping(grain.IterDataset):
     """Batches of `batch_size` readable examples; unreadable ones are left out and counted.
 
     Each batch carries `skipped`, the number left out since the previous batch, for the metrics.
+    `limit` unreadable images in a row stop the iteration with a ValueError naming `where`.
     The state is the parent's: it is saved between batches, when nothing is held back.
     """
 
-    def __init__(self, parent: grain.IterDataset, batch_size: int):
+    def __init__(self, parent: grain.IterDataset, batch_size: int, limit: int, where: str):
         super().__init__(parent)
-        self.batch_size = batch_size
+        self.batch_size, self.limit, self.where = batch_size, limit, where
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _BatchSkippingIterator(self._parent.__iter__(), self.batch_size)
+        return _BatchSkippingIterator(self._parent.__iter__(), self.batch_size, self.limit, self.where)
 
 
 class _BatchSkippingIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, limit: int, where: str):
         super().__init__(parent)
-        self.batch_size = batch_size
+        self.batch_size, self.limit, self.where = batch_size, limit, where
 
     def __next__(self) -> dict[str, np.ndarray]:
         examples, skipped = [], 0
@@ -183,8 +190,11 @@ class _BatchSkippingIterator(grain.DatasetIterator):
             example = next(self._parent)
             if "skipped" in example:
                 skipped += 1
-                if skipped >= max(1000, 10 * self.batch_size) and not examples:
-                    raise RuntimeError(f"{skipped} unreadable images in a row (the last: {example['skipped']})")
+                if skipped >= self.limit and not examples:
+                    raise ValueError(
+                        f"cannot read the images of {self.where}: {skipped} in a row were unreadable, the last "
+                        f"{example['skipped']} ({example['reason']})"
+                    )
             else:
                 examples.append(example)
         batch = _stack(examples)
@@ -238,7 +248,10 @@ def train_iterator(
     # The shuffled stream, cut in global batches of consecutive examples: process p reads only
     # every process_count-th example, its share of each.
     ds = ds[p::count].random_map(_Decode(transform), seed=seed)
-    ds = _BatchSkipping(ds.to_iter_dataset(_read_options(threads)), local)
+    limit = max(1000, 10 * local)
+    if count == 1:  # a run of two epochs holds a whole one: every image of the source was tried
+        limit = min(limit, 2 * len(source))
+    ds = _BatchSkipping(ds.to_iter_dataset(_read_options(threads)), local, limit, describe(source))
     return iter(_prefetch(ds, workers))
 
 
@@ -277,8 +290,9 @@ def eval_batches(
     """Every example once, in order, as this process's share of global batches.
 
     The last batch is padded to the full size; `valid` marks the real, readable examples and
-    `skipped` the unreadable ones. `transform(image)` is `transforms.EvalTransform`; None passes
-    uint8 arrays (of `image_size`) through.
+    `skipped` the unreadable ones; a ValueError naming the source ends the iteration if none of
+    this process's examples could be read. `transform(image)` is `transforms.EvalTransform`; None
+    passes uint8 arrays (of `image_size`) through.
     """
     local = local_batch_size(global_batch_size)
     if image_size is None:
@@ -288,8 +302,14 @@ def eval_batches(
     ds = grain.MapDataset.range(padded)[p::count].map(_EvalExample(source, transform, image_size))
     ds = ds.batch(local, batch_fn=_stack_eval).to_iter_dataset(_read_options(threads))
     it = iter(_prefetch(ds, workers))
+    read = skipped = 0
     try:
-        yield from it
+        for batch in it:
+            read, skipped = read + int(batch["valid"].sum()), skipped + int(batch["skipped"])
+            yield batch
+        if skipped and not read:
+            raise ValueError(f"cannot read the images of {describe(source)}: none of the {skipped} evaluated here "
+                             "was readable (each is logged above with its reason)")  # fmt: skip
     finally:
         if hasattr(it, "close"):  # worker processes and their shared memory
             it.close()

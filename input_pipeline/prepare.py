@@ -14,16 +14,16 @@ the source is kept (the loader shuffles), and the splits' shards and class names
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
 import multiprocessing
 import os
 import pathlib
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import logging
 from PIL import Image
 
 from input_pipeline import datasets, sources, transforms
@@ -49,6 +49,7 @@ def reencode(data: bytes, max_shorter_side: int, quality: int) -> bytes:
         raise transforms.CorruptImage(str(e)) from None
 
 
+PROG = "python -m input_pipeline.prepare"
 _worker_source = None
 
 
@@ -77,14 +78,20 @@ def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: 
     """Writes the copy and returns its info (also in `output/info.json`)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    unknown = [s for s in splits if s not in datasets.SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits {list(splits)}: choose among {datasets.SPLITS}")
+    if min(max_shorter_side, examples_per_shard) < 1 or not 1 <= quality <= 100:
+        raise ValueError("max_shorter_side and examples_per_shard must be positive, quality in 1..100")
     out = pathlib.Path(output)
     if (out / sources.INFO_FILE).exists():
         raise FileExistsError(f"{out / sources.INFO_FILE} exists: {out} holds a prepared copy; choose another --output")
+    # Every split's source before anything is written: a wrong path or a missing split fails at once.
+    split_sources = {split: datasets.create_source(dataset, split, image_size=1, data_dir=data_dir) for split in splits}
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     info = {"source": dataset, "max_shorter_side": max_shorter_side, "quality": quality, "splits": {}}
-    for split in splits:
-        source = datasets.create_source(dataset, split, image_size=1, data_dir=data_dir)
+    for split, source in split_sources.items():
         info["class_names"] = list(source.class_names)
         n = len(source)
         shards = max(1, math.ceil(n / examples_per_shard))
@@ -119,31 +126,30 @@ def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: 
     return info
 
 
-def _define_flags() -> None:
-    """The command line; defined only when run as a program, so importing this module adds no flags."""
-    flags.DEFINE_string("dataset", None, "source to copy: folder:PATH, tfds:NAME or prepared:PATH", required=True)
-    flags.DEFINE_string("output", None, "directory to write (must not hold a prepared copy already)", required=True)
-    flags.DEFINE_integer("max_shorter_side", 256, "images whose shorter side is longer are downsized to it")
-    flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images")
-    flags.DEFINE_list("splits", ["train", "validation"], "splits to copy")
-    flags.DEFINE_integer("workers", 0, "processes re-encoding images; 0: one per core")
-    flags.DEFINE_integer("examples_per_shard", 20_000, "records per ArrayRecord file")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: sources")
+def main(argv: list[str] | None = None) -> int:
+    from lightnets import cli  # here, not at the top: the worker processes import this module
 
-
-def main(argv) -> None:
-    del argv
-    f = flags.FLAGS
-    try:
-        prepare(f.dataset, f.output, max_shorter_side=f.max_shorter_side, quality=f.quality, splits=f.splits,
-                workers=f.workers, examples_per_shard=f.examples_per_shard, data_dir=f.data_dir)  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"prepare: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="source to copy: folder:PATH, tfds:NAME or prepared:PATH")
+    parser.add_argument("--output", required=True, help="directory to write (must not hold a prepared copy already)")
+    parser.add_argument("--max_shorter_side", type=int, default=256,
+                        help="images whose shorter side is longer are downsized to it (default 256)")  # fmt: skip
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images (default 90)")
+    parser.add_argument("--splits", type=lambda s: s.split(","), default=list(datasets.SPLITS),
+                        help="splits to copy, comma-separated (default train,validation)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=0, help="processes re-encoding images; 0: one per core")
+    parser.add_argument("--examples_per_shard", type=int, default=20_000, help="records per ArrayRecord file")
+    parser.add_argument("--data_dir", default=None, help="TFDS data_dir for tfds: sources")
+    cli.add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    logging.set_verbosity(logging.INFO)  # the progress lines
+    prepare(args.dataset, args.output, max_shorter_side=args.max_shorter_side, quality=args.quality,
+            splits=args.splits, workers=args.workers, examples_per_shard=args.examples_per_shard,
+            data_dir=args.data_dir)  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
     from lightnets import cli
 
-    _define_flags()
-    app.run(main, flags_parser=cli.absl_flags_parser("python -m input_pipeline.prepare"))
+    cli.run(main, PROG)

@@ -6,10 +6,16 @@ that it can decode JPEGs at a reduced size and skip a corrupt file instead of fa
 
 Every constructor checks what it can cheaply (the path exists, the split exists, no class folder
 is empty) and raises an error naming the path, before anything is compiled.
+
+Class folders are listed, not walked: a subfolder, or a link to a folder (one back to a parent
+included), is not part of its class and is ignored. An entry whose kind cannot be told (a
+symbolic link that loops back to itself, one without permission) is an error naming it: skipping
+it would silently shrink its class.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -41,12 +47,21 @@ def _split_dir(root: pathlib.Path, split: str) -> pathlib.Path:
     )
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """Whether `entry` (links followed) is a "file" or a "dir"; a ValueError naming it if that cannot be told."""
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError as e:  # ELOOP: a link to itself, or links that lead to each other
+        hint = " (a symbolic link that loops)" if e.errno == errno.ELOOP else ""
+        raise ValueError(f"cannot read {entry.path}: {e.strerror}{hint}; remove or repair it") from None
+
+
 def _class_dirs(split_dir: pathlib.Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    return sorted(entry.name for entry in os.scandir(split_dir) if _is(entry, "dir"))
 
 
 def _list_class(directory: pathlib.Path) -> list[str]:
-    names = [e.name for e in os.scandir(directory) if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()]
+    names = [e.name for e in os.scandir(directory) if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is(e, "file")]
     return sorted(names)
 
 

@@ -11,7 +11,10 @@ seed and the example's position), so a pipeline is reproducible and resumable.
 
 Speed: JPEGs are decoded by libjpeg-turbo through simplejpeg (faster than PIL; PIL for other
 formats), at a reduced size when the crop allows it (DCT scaling by 1/2, 1/4 or 1/8), and only
-the crop is handed to PIL's antialiased resize.
+the crop is handed to PIL's antialiased resize. 16-bit grey images (PNG, TIFF) keep their top 8
+bits, where PIL's and torchvision's `convert("RGB")` clip every value above 255 to white. PIL's
+refusal of a decompression bomb (more than twice `Image.MAX_IMAGE_PIXELS` pixels) is reported as
+such, and the image is skipped like any unreadable one.
 The crop and resize geometry is torchvision's (`RandomResizedCrop`, `Resize` + `CenterCrop`);
 RandAugment is timm's (`rand_augment_transform`), op for op.
 """
@@ -49,6 +52,8 @@ def open_image(data: bytes | np.ndarray) -> Image.Image:
         raise CorruptImage("empty file")
     try:
         return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # its header says more pixels than PIL will decode
+        raise CorruptImage(f"refused as a possible decompression bomb: {e}") from None
     except Exception:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise CorruptImage("not a format PIL can read") from None
 
@@ -59,6 +64,10 @@ except ImportError:  # pragma: no cover - PIL alone works, a little slower
     simplejpeg = None
 
 
+# The modes PIL opens 16-bit grey images in (PNG: I;16 or I, TIFF: I;16, I;16B, ...).
+_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.Image | np.ndarray:
     """Decodes `image` (opened from `data`) as RGB, at the smallest JPEG DCT reduction (1/2, 1/4,
     1/8) that is still at least `request` pixels when given. Returns a uint8 array or a PIL image."""
@@ -67,6 +76,11 @@ def decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.I
         return simplejpeg.decode_jpeg(data, "RGB", min_width=w, min_height=h)  # strict: corrupt data raises
     if request is not None and image.format == "JPEG":
         image.draft(image.mode, request)
+    if image.mode in _SIXTEEN_BIT_GREY:
+        # v >> 8 is exact for both ways 8-bit values are widened to 16 bits (v * 257, as PNG
+        # recommends, and v << 8), and never more than one level below v * 255 / 65535 rounded.
+        pixels = np.clip(np.asarray(image), 0, 65535) >> 8  # mode I (int32) holds 16-bit values too
+        image = Image.fromarray(pixels.astype(np.uint8), "L")
     if image.mode != "RGB":  # grey, CMYK, palette, alpha: as torchvision's loader, convert("RGB")
         image = image.convert("RGB")
     return image

@@ -11,6 +11,9 @@ A run directory (`<workdir>/checkpoints`) holds the trainer's steps, written by 
 optimiser state, EMA, step, RNG), the data iterator's position and the run's metadata. Saves are
 asynchronous and atomic: orbax writes into a temporary directory and renames it when complete,
 so a save cut off half way is never restored (and is deleted at the next start).
+
+Weights holding a nan or an inf are neither saved nor loaded (`nonfinite` names the arrays) unless
+asked for with `allow_nonfinite=True`: they make every prediction nan, and say so only then.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
@@ -37,17 +41,87 @@ def is_head(path: tuple) -> bool:
     return path[0] in ("classifier", "fc")
 
 
-def save_weights(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Writes a model built by `create_model` (or `convert.from_torch`) to `directory`."""
+class NonFiniteError(ValueError):
+    """Weights hold a nan or an inf; the message names the arrays."""
+
+
+def nonfinite(tree: Any) -> list[str]:
+    """The paths (`blocks.0.0.bn1.var`, `features.0.0.weight`) of the floating-point arrays of
+    `tree` that hold a nan or an inf; [] if none do.
+
+    Arrays on devices are checked where they are, in one jitted call, and only one boolean per
+    array comes back to the host; numpy arrays are checked on the host.
+    """
+    leaves = [(jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value"), x)
+              for path, x in jax.tree_util.tree_leaves_with_path(tree)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]  # fmt: skip
+    on_device = iter(jax.device_get(_all_finite([x for _, x in leaves if isinstance(x, jax.Array)])))
+    finite = [bool(next(on_device)) if isinstance(x, jax.Array) else bool(np.isfinite(x).all()) for _, x in leaves]
+    return [name for (name, _), ok in zip(leaves, finite, strict=True) if not ok]
+
+
+@jax.jit
+def _all_finite(arrays: list[jax.Array]) -> list[jax.Array]:
+    return [jnp.isfinite(x).all() for x in arrays]
+
+
+def check_finite(tree: Any, what: str) -> None:
+    """Raises a NonFiniteError naming the arrays of `tree` that hold a nan or an inf; `what` says
+    whose they are ("the weights in /ckpt/x")."""
+    bad = nonfinite(tree)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        counted = f"1 array of {what} holds" if len(bad) == 1 else f"{len(bad)} arrays of {what} hold"
+        raise NonFiniteError(
+            f"{counted} a nan or an inf, and would make every output nan: {shown}. "
+            "allow_nonfinite=True (--allow_nonfinite) accepts them"
+        )
+
+
+def check_destination(path: str | os.PathLike, *, overwrite: bool = False, directory: bool = True,
+                      sidecars: tuple[str, ...] = ()) -> pathlib.Path:  # fmt: skip
+    """`path` made absolute, if a save may write there; else an OSError saying what is in the way.
+
+    A directory (what `save_weights` writes) may already exist if empty, a file (`directory=False`;
+    `sidecars`: suffixes of files written beside it, such as ".json") may not exist; either needs
+    `overwrite` to replace what is there. No parent may be a file.
+    """
+    path = pathlib.Path(path).absolute()
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"cannot write {path}: {blocking} is a file, not a directory")
+    if directory and path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; weights are saved as a directory: give another path")
+    if not directory and path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory: give the name of the file to write")
+    if directory:
+        taken = [path] if path.exists() and any(path.iterdir()) else []
+    else:
+        taken = [p for p in (path, *(path.with_name(path.name + s) for s in sidecars)) if p.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(
+            f"{' and '.join(map(str, taken))} {'exist' if len(taken) > 1 else 'exists'}"
+            f"{' and is not empty' if directory else ''}; pass overwrite=True (--overwrite) to replace it"
+        )
+    return path
+
+
+def save_weights(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False,
+                 allow_nonfinite: bool = False) -> None:  # fmt: skip
+    """Writes a model built by `create_model` (or `convert.from_torch`) to `directory`.
+
+    Refuses weights holding a nan or an inf (NonFiniteError) unless `allow_nonfinite`.
+    """
     if not hasattr(model, "variant"):
         raise ValueError("the model has no `variant`: build it with lightnets.create_model")
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True to replace it")
+    state = nnx.state(model, _WEIGHTS)
+    if not allow_nonfinite:
+        check_finite(state, f"the {model.variant} weights")
+    directory = check_destination(directory, overwrite=overwrite)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / METADATA).unlink(missing_ok=True)  # an overwrite cut off half way must not look complete
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / "state", nnx.state(model, _WEIGHTS), force=True)
+        checkpointer.save(directory / "state", state, force=True)
         checkpointer.wait_until_finished()
     metadata = {"model": model.variant, "num_classes": model.num_classes, "format": 1}
     # Written last: a directory without it is an interrupted save, never loaded.
@@ -61,13 +135,19 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_weights(directory: str | os.PathLike, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
-    """The model saved in `directory`, in eval mode, computing in `dtype`."""
+def load_weights(directory: str | os.PathLike, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None,
+                 allow_nonfinite: bool = False):  # fmt: skip
+    """The model saved in `directory`, in eval mode, computing in `dtype`.
+
+    Refuses weights holding a nan or an inf (NonFiniteError) unless `allow_nonfinite`.
+    """
     directory = pathlib.Path(directory).absolute()
     metadata = read_metadata(directory)
     model = create_model(metadata["model"], num_classes=metadata["num_classes"], dtype=dtype, rngs=rngs)
     with ocp.StandardCheckpointer() as checkpointer:
         state = checkpointer.restore(directory / "state", nnx.state(model, _WEIGHTS))
+    if not allow_nonfinite:
+        check_finite(state, f"the weights in {directory}")
     nnx.update(model, state)
     model.eval()
     return model

@@ -10,9 +10,10 @@ The rename is timm's names unchanged for the networks timm builds (our attribute
 timm's), and a fixed table per block type for torchvision's `nn.Sequential` indices.
 
 A checkpoint that does not fit the network is refused before anything is loaded, with every
-missing and unexpected key and every shape that differs. PyTorch files are read with
-`torch.load(weights_only=True)` or safetensors, never by unpickling arbitrary objects. torch is
-needed only to read `.pth` files and by `to_torch`; the rest of lightnets imports without it.
+missing and unexpected key and every shape that differs; so are weights holding a nan or an inf,
+in either direction, naming the tensors (unless `allow_nonfinite=True`). PyTorch files are read
+with `torch.load(weights_only=True)` or safetensors, never by unpickling arbitrary objects. torch
+is needed only to read `.pth` files and by `to_torch`; the rest of lightnets imports without it.
 
 Command line: `python -m lightnets.convert --help`.
 """
@@ -20,9 +21,11 @@ Command line: `python -m lightnets.convert --help`.
 from __future__ import annotations
 
 import ast
+import math
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,12 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lightnets import checkpoint, cli
 from lightnets.blocks import DepthwiseSeparable, FusedMBConv, InvertedResidual
-from lightnets.checkpoint import is_head
+from lightnets.checkpoint import check_finite, is_head
 from lightnets.layers import BatchNorm, Conv2d, ConvBnAct, Linear
 from lightnets.models import EfficientNetV2, MobileNetV1, MobileNetV2, ShuffleNetV2
 from lightnets.registry import create_model, model_info
 
+PROG = "python -m lightnets.convert"
 LAYOUTS = ("torchvision", "timm")
 
 # Our variable name -> PyTorch's, per layer type.
@@ -211,35 +216,57 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _read_torch_file(path: str) -> Any:
+    """`torch.load` of tensors, numbers and strings only; any other content is a ValueError naming `path`."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs PyTorch: pip install torch") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, IndexError, ... for a damaged file
+        unsafe = isinstance(e, pickle.UnpicklingError) and re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if unsafe:
+            raise ValueError(
+                f"{path} holds Python objects other than tensors, numbers and strings ({unsafe[1]}); lightnets does "
+                f"not unpickle them (arbitrary code could run). Save its state_dict alone, or as .safetensors"
+            ) from None
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {_damage(path, e, 'torch.save')}") from None
+
+
+def _damage(path: str, error: Exception, writer: str) -> str:
+    """Why `path` could not be read, in one line: empty, or the first sentence of the reader's error."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    reason = str(error).strip().split("\n")[0].split(". ")[0][:200] or type(error).__name__
+    return f"truncated, damaged or not written by {writer} ({reason})"
+
+
 def load_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A PyTorch state dict as numpy arrays, from a path or a dict.
 
     Accepts a plain state dict, a training checkpoint holding one under `state_dict` or
     `model` (the Ascend ModelZoo scripts save `{'epoch', 'arch', 'state_dict', ...}`), keys
-    prefixed `module.` by DistributedDataParallel, and `.safetensors` files.
+    prefixed `module.` by DistributedDataParallel, and `.safetensors` files. A file that cannot be
+    read (empty, truncated, damaged) is a ValueError naming it.
     """
+    what = "the checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
-        path = os.fspath(checkpoint)
+        path = what = os.fspath(checkpoint)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no checkpoint at {path}")
         if path.endswith(".safetensors"):
             from safetensors.numpy import load_file
 
-            checkpoint = load_file(path)
+            try:
+                checkpoint = load_file(path)
+            except Exception as e:  # SafetensorError: a header or data that does not fit
+                reason = _damage(path, e, "safetensors")
+                raise ValueError(f"{path} is not a readable safetensors file: {reason}") from None
         else:
-            try:
-                import torch
-            except ImportError as e:
-                raise ImportError(f"reading {path} needs PyTorch: pip install torch") from e
-            try:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise ValueError(
-                    f"{path} holds Python objects other than tensors, numbers and strings; lightnets does not "
-                    f"unpickle them (arbitrary code could run). Save its state_dict alone, or as .safetensors.\n{e}"
-                ) from None
+            checkpoint = _read_torch_file(path)
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(checkpoint).__name__}")
+        raise ValueError(f"{what} is a {type(checkpoint).__name__}, not a state dict (a mapping of names to tensors)")
     for key in ("state_dict", "model"):
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
@@ -262,11 +289,14 @@ def _natural(key: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-def _mismatch_report(name: str, layout: str, missing, unexpected, shapes) -> str:
+def _mismatch_report(what: str, name: str, layout: str, missing, unexpected, shapes, hint: str = "") -> str:
+    """A first line that says it all (a command shows it as its error), then every difference."""
+
     def listing(title, items):
         return [f"{title} ({len(items)}):"] + [f"  {x}" for x in sorted(items, key=_natural)]
 
-    lines = [f"the checkpoint does not fit {name} ({layout} layout); nothing was loaded."]
+    counts = f"{len(missing)} missing keys, {len(unexpected)} unexpected, {len(shapes)} shapes that differ"
+    lines = [f"{what} does not fit {name} ({layout} layout): {counts}; nothing was loaded.{hint}"]
     if missing:
         lines += listing("missing keys", missing)
     if unexpected:
@@ -285,6 +315,7 @@ def from_torch(
     dtype: Any = jnp.float32,
     layout: str | None = None,
     rngs: nnx.Rngs | None = None,
+    allow_nonfinite: bool = False,
 ) -> nnx.Module:
     """A lightnets network with the weights of a PyTorch checkpoint, in eval mode.
 
@@ -297,11 +328,14 @@ def from_torch(
       dtype: the computation dtype of the returned model.
       layout: "torchvision" or "timm"; detected from the keys if not given.
       rngs: keys for a new classifier and for dropout if the model is trained further.
+      allow_nonfinite: load tensors holding a nan or an inf (refused by default).
 
     Raises:
       CheckpointMismatchError: listing every missing and unexpected key and every shape that
         differs, when the checkpoint is of another architecture, width or class count.
+      NonFiniteError: naming the tensors that hold a nan or an inf.
     """
+    what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     state_dict = load_state_dict(checkpoint)
     classes = 1000 if num_classes is None else num_classes
     abstract = nnx.eval_shape(lambda: create_model(name, num_classes=classes, dtype=dtype))
@@ -329,13 +363,13 @@ def from_torch(
         if theirs in state_dict and tuple(state_dict[theirs].shape) != want:
             shapes.append((theirs, state_dict[theirs].shape, want))
     if missing or unexpected or shapes:
-        report = _mismatch_report(name, layout, missing, unexpected, shapes)
+        hint = ""
         if ckpt_classes is not None and ckpt_classes != classes:
-            report += (
-                f"\nThe checkpoint classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} to load its "
-                f"classifier, or num_classes=N for a new {name} classifier of N classes."
-            )
-        raise CheckpointMismatchError(report)
+            hint = (f" It classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} (--num_classes) to load "
+                    f"its classifier, or num_classes=N for a new {name} classifier of N classes.")  # fmt: skip
+        raise CheckpointMismatchError(_mismatch_report(what, name, layout, missing, unexpected, shapes, hint))
+    if not allow_nonfinite:
+        check_finite({theirs: state_dict[theirs] for theirs in names.values() if theirs in state_dict}, what)
 
     model = create_model(name, num_classes=classes, dtype=dtype, rngs=rngs)
     values = [
@@ -348,12 +382,14 @@ def from_torch(
     return model
 
 
-def to_torch(model: nnx.Module, *, layout: str | None = None) -> dict[str, Any]:
+def to_torch(model: nnx.Module, *, layout: str | None = None, allow_nonfinite: bool = False) -> dict[str, Any]:
     """A state dict for the reference PyTorch model, loadable with `strict=True`.
 
     Args:
       model: a lightnets network from `create_model` (or `from_torch`).
       layout: "torchvision" or "timm"; by default the variant's reference implementation.
+      allow_nonfinite: convert weights holding a nan or an inf (a NonFiniteError by default,
+        naming the tensors).
     """
     import torch
 
@@ -362,13 +398,16 @@ def to_torch(model: nnx.Module, *, layout: str | None = None) -> dict[str, Any]:
             raise ValueError("the model has no `variant` (not built by create_model): pass layout=")
         layout = default_layout(model.variant)
     state = dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
+    names = torch_names(model, layout)
+    values = {theirs: np.asarray(jax.device_get(state[ours][...])) for ours, theirs in names.items()}
+    if not allow_nonfinite:
+        check_finite(values, f"the {model.variant} weights")
     out = {}
-    for ours, theirs in torch_names(model, layout).items():
-        value = np.asarray(jax.device_get(state[ours][...]))
+    for ours, theirs in names.items():
         if ours[-1] == "num_batches_tracked":
-            out[theirs] = torch.tensor(int(value), dtype=torch.int64)
+            out[theirs] = torch.tensor(int(values[theirs]), dtype=torch.int64)
         else:
-            out[theirs] = torch.from_numpy(np.array(_to_theirs(value, ours)))  # a writable copy
+            out[theirs] = torch.from_numpy(np.array(_to_theirs(values[theirs], ours)))  # a writable copy
     return out
 
 
@@ -439,15 +478,18 @@ def verify(name: str, state_dict: Mapping[str, Any], images: np.ndarray, *, num_
     """Prints how our model and the reference agree in float32 and bfloat16; True if within bounds.
 
     Bounds: in float32, max |difference| <= 1e-4 x max |logit| and the same top-1 on every
-    image; in bfloat16, the same top-1 on at least 95 % of the images.
+    image; in bfloat16, the same top-1 on at least 95 % of the images; in both, every logit of
+    both models finite (a nan difference fails: argmax of nans agrees on anything).
     """
     reference = reference_model(name, num_classes=num_classes)
     reference.load_state_dict(dict(state_dict), strict=True)
     ok = True
     for dtype, label in ((jnp.float32, "float32"), (jnp.bfloat16, "bfloat16")):
-        model = from_torch(name, state_dict, num_classes=num_classes, dtype=dtype)
+        # Non-finite weights are let through here to be judged: their logits fail the bounds.
+        model = from_torch(name, state_dict, num_classes=num_classes, dtype=dtype, allow_nonfinite=True)
         r = compare(model, reference, images)
-        good = r["relative_diff"] <= 1e-4 and r["top1"] == 1.0 if dtype == jnp.float32 else r["top1"] >= 0.95
+        close = r["relative_diff"] <= 1e-4 and r["top1"] == 1.0 if dtype == jnp.float32 else r["top1"] >= 0.95
+        good = close and math.isfinite(r["max_abs_diff"])
         ok &= good
         print(
             f"{label:9s} max |logit difference| {r['max_abs_diff']:.3g} ({r['relative_diff']:.2g} of max |logit|), "
@@ -473,11 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m lightnets.convert",
+        prog=PROG,
         description="Convert weights between PyTorch checkpoints and lightnets weights directories.",
         epilog="PyTorch -> lightnets: --model NAME --torch_checkpoint PATH --output DIR. "
         "lightnets -> PyTorch: --checkpoint DIR --to_torch OUT.pth. Add --verify to compare with "
-        "the reference PyTorch model (torchvision or timm must be installed).",
+        "the reference PyTorch model (torchvision or timm must be installed) before anything is written.",
     )
     parser.add_argument("--model", help="registered variant of the PyTorch checkpoint (see lightnets.list_models())")
     parser.add_argument("--torch_checkpoint", help="PyTorch state dict, training checkpoint or .safetensors file")
@@ -486,42 +528,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to_torch", help="PyTorch state dict (.pth) to write from --checkpoint")
     parser.add_argument("--num_classes", type=int, help="classifier size (default: the checkpoint's must be 1000)")
     parser.add_argument("--layout", choices=LAYOUTS, help="state-dict layout (default: detected / the reference's)")
-    parser.add_argument("--verify", action="store_true", help="compare with the reference PyTorch model on photos")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare with the reference PyTorch model on photos; write only if it agrees")  # fmt: skip
     parser.add_argument("--images", nargs="+", help="image files or globs for --verify (default: sample photos)")
     parser.add_argument("--resolution", type=int, help="--verify resolution (default: the variant's reference one)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output, an existing --to_torch")
+    parser.add_argument("--allow_nonfinite", action="store_true",
+                        help="convert weights holding a nan or an inf (refused by default)")  # fmt: skip
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-
-    from lightnets import checkpoint
 
     if args.torch_checkpoint:
         if not (args.model and args.output):
             parser.error("--torch_checkpoint needs --model and --output")
-        state_dict = load_state_dict(args.torch_checkpoint)
-        model = from_torch(args.model, state_dict, num_classes=args.num_classes, layout=args.layout)
-        checkpoint.save_weights(model, args.output, overwrite=args.overwrite)
-        print(f"wrote {args.model} ({model.num_classes} classes) to {args.output}")
+        output = checkpoint.check_destination(args.output, overwrite=args.overwrite)  # before the long work
+        model = from_torch(args.model, args.torch_checkpoint, num_classes=args.num_classes, layout=args.layout,
+                           allow_nonfinite=args.allow_nonfinite)  # fmt: skip
         name = args.model
     elif args.checkpoint:
         if not args.to_torch:
             parser.error("--checkpoint needs --to_torch")
-        import torch
-
-        model = checkpoint.load_weights(args.checkpoint)
+        output = checkpoint.check_destination(args.to_torch, overwrite=args.overwrite, directory=False)
+        model = checkpoint.load_weights(args.checkpoint, allow_nonfinite=args.allow_nonfinite)
         name = model.variant
-        torch.save(to_torch(model, layout=args.layout), args.to_torch)
-        print(f"wrote {name} ({model.num_classes} classes) as a PyTorch state dict to {args.to_torch}")
+        state_dict = to_torch(model, layout=args.layout, allow_nonfinite=args.allow_nonfinite)
     else:
         parser.error("give --torch_checkpoint (PyTorch -> lightnets) or --checkpoint (lightnets -> PyTorch)")
 
     if args.verify:
         if model.num_classes == 0:
-            parser.error("--verify needs a classifier")
+            raise ValueError("--verify needs a classifier: this model has none (num_classes=0)")
         # The reference loads what we convert to, in its own layout, with strict=True.
-        ok = verify(name, to_torch(model), _verification_images(args, name), num_classes=model.num_classes)
-        return 0 if ok else 1
+        reference_state = to_torch(model, allow_nonfinite=True)  # verify judges non-finite weights: they fail
+        if not verify(name, reference_state, _verification_images(args, name), num_classes=model.num_classes):
+            print(f"{PROG}: the conversion does not compute what the reference computes; nothing was written",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+
+    if args.torch_checkpoint:
+        checkpoint.save_weights(model, output, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite)
+        print(f"wrote {name} ({model.num_classes} classes) to {output}")
+    else:
+        import torch
+
+        partial = output.with_name(output.name + ".partial")  # a cut-off write never looks complete
+        torch.save(state_dict, partial)
+        partial.replace(output)
+        print(f"wrote {name} ({model.num_classes} classes) as a PyTorch state dict to {output}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main, PROG)

@@ -15,7 +15,8 @@ After writing, the export runs in its own runtime (onnxruntime, the LiteRT/TFLit
 `jax.export.deserialize`) on the photos shipped with scikit-learn and scikit-image, and is
 compared with the JAX model. A float32 export must agree to max |difference| <= 1e-4 x max
 |logit|, a quantised one on the top-1 class for at least `--min_agreement` of the photos;
-otherwise the file is left as `OUTPUT.failed` and the command fails.
+otherwise the file is left as `OUTPUT.failed` and the command fails. An existing OUTPUT or
+OUTPUT.json is replaced only with `--overwrite`.
 
 ONNX and TFLite go through our own lowering of the model's jaxpr: `lightnets/lowering.py`.
 """
@@ -37,9 +38,10 @@ import numpy as np
 from flax import nnx
 
 from input_pipeline import photos
-from lightnets import inference, lowering
-from lightnets.lowering import QUANTIZE, UnsupportedOperation
+from lightnets import checkpoint, cli, inference, lowering
+from lightnets.lowering import QUANTIZE
 
+PROG = "python -m lightnets.export"
 FORMATS = ("onnx", "tflite", "stablehlo")
 FLOAT32_TOLERANCE = 1e-4  # of max |logit|
 
@@ -172,17 +174,19 @@ def export(
     calibration: Iterator[np.ndarray] | None = None,
     min_agreement: float = 0.9,
     image_size: int | None = None,
+    overwrite: bool = False,
 ) -> Check:
     """Writes `loaded`'s model in `fmt` to `output`, runs it in its runtime and compares with JAX.
 
     `output` (and `output.json`, the preprocessing and class names) appear only if the check
-    passes; otherwise the export is left as `output.failed`.
+    passes; otherwise the export is left as `output.failed`. Either replaces an existing file only
+    with `overwrite`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if quantize != "none" and fmt != "tflite":
         raise ValueError(f"quantize={quantize} is for TFLite; {fmt} exports float32")
-    output = pathlib.Path(output).absolute()
+    output = checkpoint.check_destination(output, overwrite=overwrite, directory=False, sidecars=(".json",))
     output.parent.mkdir(parents=True, exist_ok=True)
     prep = loaded.preprocessing
     if image_size:
@@ -206,30 +210,38 @@ def export(
         "preprocessing": prep.to_dict(),
         "class_names": loaded.class_names,
     }
-    partial = output.with_name(output.name + ".partial")
     if fmt == "onnx":
         model = lowering.to_onnx(forward, size, metadata={"lightnets": json.dumps(metadata)})
-        partial.write_bytes(model.SerializeToString())
+        serialized = model.SerializeToString()
     elif fmt == "tflite":
-        partial.write_bytes(lowering.to_tflite(forward, size, quantize=quantize, calibration=calibration))
+        serialized = lowering.to_tflite(forward, size, quantize=quantize, calibration=calibration)
     else:
-        partial.write_bytes(to_stablehlo(forward, size))
-    pixels = verification_pixels(size)
-    expected = reference_logits(loaded.model, prep, pixels)
+        serialized = to_stablehlo(forward, size)
+    sidecar = output.with_name(output.name + ".json")
+    # Written beside their destinations and renamed when checked; removed if this call stops half way.
+    partial, staged = (p.with_name(p.name + ".partial") for p in (output, sidecar))
     try:
-        actual = RUNNERS[fmt](partial, pixels)
-    except Exception as e:  # the runtime refuses the file: a failed export, reported as such
-        actual = np.full_like(expected, np.nan)
-        error = f"{type(e).__name__}: {e}"
-    else:
-        error = None
-    result = check(expected, actual, quantized=quantize != "none", min_agreement=min_agreement)
-    result.error = error
-    if result.passed:
-        partial.replace(output)
-        output.with_name(output.name + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    else:
-        partial.replace(output.with_name(output.name + ".failed"))
+        partial.write_bytes(serialized)
+        pixels = verification_pixels(size)
+        expected = reference_logits(loaded.model, prep, pixels)
+        try:
+            actual = RUNNERS[fmt](partial, pixels)
+        except Exception as e:  # the runtime refuses the file: a failed export, reported as such
+            actual = np.full_like(expected, np.nan)
+            error = f"{type(e).__name__}: {e}"
+        else:
+            error = None
+        result = check(expected, actual, quantized=quantize != "none", min_agreement=min_agreement)
+        result.error = error
+        if result.passed:
+            staged.write_text(json.dumps(metadata, indent=2) + "\n")
+            partial.replace(output)
+            staged.replace(sidecar)
+        else:
+            partial.replace(output.with_name(output.name + ".failed"))
+    finally:
+        partial.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
     return result
 
 
@@ -248,7 +260,7 @@ def reference_logits(model: nnx.Module, preprocessing: inference.Preprocessing, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightnets.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a trainer workdir or a weights directory")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, help="the file to write (its preprocessing goes to OUTPUT.json)")
@@ -275,30 +287,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image_size", type=int, default=None, help="input size (default: the checkpoint's)")
     parser.add_argument("--weights", choices=inference.WEIGHTS, default="auto",
                         help="a trainer run's raw or EMA weights; auto: EMA when the run kept one")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT and OUTPUT.json")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.quantize != "none" and args.format != "tflite":
         parser.error(f"--quantize={args.quantize} is for --format=tflite; ONNX and StableHLO export float32")
     if args.calibration_images < 1 or (args.image_size is not None and args.image_size < 1):
         parser.error("--calibration_images and --image_size must be positive")
-    try:
-        loaded = inference.load(args.checkpoint, weights=args.weights)
-        calibration = None
-        if args.quantize == "int8":
-            run = loaded.config or {}
-            dataset = args.calibration or run.get("dataset")
-            if not dataset:
-                parser.error("--quantize=int8 needs --calibration (a few hundred training images: tfds:imagenet2012, "
-                             "folder:PATH, ...); a weights directory does not say what it was trained on")  # fmt: skip
-            prep = loaded.preprocessing
-            if args.image_size:
-                prep = dataclasses.replace(prep, image_size=args.image_size)
-            data_dir = args.data_dir or (run.get("data_dir") if not args.calibration else None)
-            calibration = calibration_images(dataset, prep, args.calibration_images, data_dir=data_dir)
-        start = time.perf_counter()
-        result = export(loaded, args.format, args.output, quantize=args.quantize, calibration=calibration,
-                        min_agreement=args.min_agreement, image_size=args.image_size)  # fmt: skip
-    except (ValueError, FileNotFoundError, UnsupportedOperation) as e:
-        parser.error(str(e))
+    # Before the checkpoint is read: a destination that cannot be written fails at once.
+    checkpoint.check_destination(args.output, overwrite=args.overwrite, directory=False, sidecars=(".json",))
+    loaded = inference.load(args.checkpoint, weights=args.weights)
+    calibration = None
+    if args.quantize == "int8":
+        run = loaded.config or {}
+        dataset = args.calibration or run.get("dataset")
+        if not dataset:
+            parser.error("--quantize=int8 needs --calibration (a few hundred training images: tfds:imagenet2012, "
+                         "folder:PATH, ...); a weights directory does not say what it was trained on")  # fmt: skip
+        prep = loaded.preprocessing
+        if args.image_size:
+            prep = dataclasses.replace(prep, image_size=args.image_size)
+        data_dir = args.data_dir or (run.get("data_dir") if not args.calibration else None)
+        calibration = calibration_images(dataset, prep, args.calibration_images, data_dir=data_dir)
+    start = time.perf_counter()
+    result = export(loaded, args.format, args.output, quantize=args.quantize, calibration=calibration,
+                    min_agreement=args.min_agreement, image_size=args.image_size, overwrite=args.overwrite)  # fmt: skip
     output = pathlib.Path(args.output)
     quantized = f" ({args.quantize})" if args.quantize != "none" else ""
     print(f"{loaded.description} -> {args.format}{quantized}, {time.perf_counter() - start:.1f} s")
@@ -314,4 +327,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, PROG)

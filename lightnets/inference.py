@@ -119,11 +119,14 @@ def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
     if use_ema and not config.get("ema_decay", 0.0) > 0:
         raise ValueError(f"the run in {target} kept no EMA (ema_decay=0): use weights=raw")
     params, batch_stats = (state.ema_params, state.ema_batch_stats) if use_ema else (state.params, state.batch_stats)
+    which = "EMA" if use_ema else "raw"
+    # A run that diverged may have saved them: nothing is predicted or exported from nans.
+    weights_of_step = {"params": params, "batch_stats": batch_stats}
+    checkpoint.check_finite(weights_of_step, f"the {which} weights of {target} step {step}")
     nnx.update(model, jax.device_get(params), jax.device_get(batch_stats))
     model.eval()
     preprocessing = Preprocessing(
         config["image_size"], config["crop_pct"], config["eval_interpolation"], IMAGENET_MEAN, IMAGENET_STD
     )
     names = class_names(model.num_classes, saved.get("class_names"))
-    which = "EMA" if use_ema else "raw"
     return Loaded(model, preprocessing, names, f"{model.variant} from {target} step {step} ({which} weights)", config)

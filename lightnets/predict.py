@@ -7,7 +7,8 @@ The checkpoint is a trainer workdir (its latest step) or a weights directory (th
 output). Images are preprocessed as the trainer evaluates them (resize, centre crop, normalise;
 for converted weights, as their reference evaluates) and classified in batches. A directory
 stands for the images in it (recursively). An unreadable image is reported and skipped; the
-exit status is then 1.
+exit status is then 1. Weights holding a nan or an inf are refused when loaded, and a model that
+computes a non-finite probability is an error, never a "nan%" line.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 from flax import nnx
 
 from input_pipeline.transforms import CorruptImage
-from lightnets import inference
+from lightnets import cli, inference
 
+PROG = "python -m lightnets.predict"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
@@ -76,6 +78,10 @@ def predict(
         batch = np.zeros((batch_size, *images[0].shape), np.uint8)
         batch[: len(images)] = images
         probs = np.asarray(probabilities(state, prep.normalize(batch)))[: len(chunk)]
+        broken = [str(path) for path, p in zip(chunk, probs, strict=True) if not np.isfinite(p).all()]
+        if broken:
+            raise ValueError(f"{loaded.description} computes non-finite probabilities (nan or inf) for "
+                             f"{', '.join(broken[:3])}: damaged weights, or values that overflow")  # fmt: skip
         for path, p in zip(chunk, probs, strict=True):
             best = np.argsort(-p, kind="stable")[:top_k]
             names = [loaded.class_names[i] for i in best]
@@ -84,21 +90,19 @@ def predict(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lightnets.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
     parser.add_argument("--checkpoint", required=True, help="a trainer workdir or a weights directory")
     parser.add_argument("--top_k", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--weights", choices=inference.WEIGHTS, default="auto",
                         help="a trainer run's raw or EMA weights; auto: EMA when the run kept one")  # fmt: skip
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top_k and --batch_size must be positive")
-    try:
-        paths = expand(args.images)
-        loaded = inference.load(args.checkpoint, weights=args.weights)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    paths = expand(args.images)
+    loaded = inference.load(args.checkpoint, weights=args.weights)
     p = loaded.preprocessing
     print(f"{loaded.description}; {p.image_size} px, crop {p.crop_pct:g}, {p.interpolation}", file=sys.stderr)
     predictions, failed = predict(loaded, paths, top_k=args.top_k, batch_size=args.batch_size)
@@ -116,4 +120,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, PROG)

@@ -19,3 +19,13 @@ SMALLEST = ("mobilenet_v1_025", "mobilenet_v2_035", "shufflenet_v2_x0_5", "effic
 @pytest.fixture(params=SMALLEST)
 def smallest(request):
     return request.param
+
+
+def run_command(main, prog: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A command's `main` as its user runs it (through `cli.run`): exit status, stdout, stderr."""
+    from lightnets import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main, prog, argv)
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err

@@ -18,7 +18,7 @@ from flax import nnx
 import lightnets
 from input_pipeline import sample_photos
 from lightnets import checkpoint, convert
-from tests.conftest import SMALLEST
+from tests.conftest import SMALLEST, run_command
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
@@ -230,3 +230,89 @@ def test_pickled_state_dict_needs_no_torch_model_classes(tmp_path):
     torch.save(reference, tmp_path / "whole_model.pth")
     with pytest.raises(ValueError, match="Save its state_dict alone"):
         convert.load_state_dict(tmp_path / "whole_model.pth")
+
+
+# --- mistakes and damage: one line, nothing written ---------------------------------------------
+
+
+def _convert(argv, capsys):
+    return run_command(convert.main, convert.PROG, [str(a) for a in argv], capsys)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "another architecture"])
+def test_a_damaged_or_ill_fitting_checkpoint_is_one_line_and_nothing_is_written(damage, tmp_path, capsys):
+    path = tmp_path / "model.pth"
+    if damage == "another architecture":
+        torch.save(convert.reference_model("shufflenet_v2_x0_5").state_dict(), path)
+    else:
+        torch.save(convert.reference_model("mobilenet_v1_025").state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if damage == "truncated" else b"")
+    code, out, err = _convert(["--model", "mobilenet_v1_025", "--torch_checkpoint", path, "--output", tmp_path / "w"],
+                              capsys)  # fmt: skip
+    assert code == 2 and out == "" and not (tmp_path / "w").exists()
+    first, *rest = err.splitlines()
+    assert first.startswith(f"{convert.PROG}: error: {path} ")
+    if damage == "another architecture":  # a clear first line, then the keys
+        assert "does not fit mobilenet_v1_025" in first and "missing keys" in first and "nothing was loaded" in first
+        assert "  conv_stem.weight" in rest and "  stage2.0.branch1.0.weight" in rest
+    else:
+        assert rest == [] and "not a readable PyTorch checkpoint" in first
+        assert ("the file is empty" if damage == "empty" else "truncated") in first
+
+
+def _nonfinite_state_dict():
+    """mobilenet_v1_025's weights with a nan in the classifier and an inf in a running variance."""
+    state_dict = {k: v.clone() for k, v in convert.reference_model("mobilenet_v1_025").state_dict().items()}
+    state_dict["classifier.weight"][3, 5] = float("nan")
+    state_dict["bn1.running_var"][2] = float("inf")
+    return state_dict
+
+
+def test_nonfinite_weights_are_refused_both_ways_unless_allowed(tmp_path, capsys):
+    state_dict = _nonfinite_state_dict()
+    torch.save(state_dict, tmp_path / "nan.pth")
+    to_ours = ["--model", "mobilenet_v1_025", "--torch_checkpoint", tmp_path / "nan.pth", "--output", tmp_path / "w"]
+    code, out, err = _convert(to_ours, capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and not (tmp_path / "w").exists()
+    assert "2 arrays" in err and "bn1.running_var, classifier.weight" in err and "--allow_nonfinite" in err
+
+    assert _convert([*to_ours, "--allow_nonfinite"], capsys)[0] == 0  # asked for: converted as they are
+    with pytest.raises(checkpoint.NonFiniteError, match=r"bn1\.var, classifier\.kernel"):
+        checkpoint.load_weights(tmp_path / "w")
+    model = checkpoint.load_weights(tmp_path / "w", allow_nonfinite=True)
+    for refused in (lambda: convert.to_torch(model), lambda: checkpoint.save_weights(model, tmp_path / "again")):
+        with pytest.raises(checkpoint.NonFiniteError, match="classifier"):
+            refused()
+    assert not (tmp_path / "again").exists()
+
+    to_torch = ["--checkpoint", tmp_path / "w", "--to_torch", tmp_path / "back.pth"]
+    code, _, err = _convert(to_torch, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "classifier.kernel" in err
+    assert not (tmp_path / "back.pth").exists()
+    assert _convert([*to_torch, "--allow_nonfinite"], capsys)[0] == 0
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert all(torch.equal(back[k].nan_to_num(), v.nan_to_num()) for k, v in state_dict.items())
+
+
+def test_verify_fails_on_nan_before_anything_is_written(tmp_path, capsys):
+    torch.save(_nonfinite_state_dict(), tmp_path / "nan.pth")
+    argv = ["--model", "mobilenet_v1_025", "--torch_checkpoint", tmp_path / "nan.pth", "--output", tmp_path / "w",
+            "--allow_nonfinite", "--verify", "--resolution", "32"]  # fmt: skip
+    code, out, err = _convert(argv, capsys)
+    assert code == 1 and not (tmp_path / "w").exists() and "nothing was written" in err
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["float32", "bfloat16"]
+    assert all(line.endswith("FAILED") and " nan " in line for line in lines)  # argmax of nans "agrees"
+
+
+def test_convert_help_and_argument_mistakes(tmp_path, capsys):
+    assert _convert(["--help"], capsys)[0] == 0
+    torch.save(convert.reference_model("mobilenet_v1_025").state_dict(), tmp_path / "m.pth")
+    (tmp_path / "file").write_text("mine")
+    for output, message in [(tmp_path / "file" / "w", "is a file, not a directory"), (tmp_path, "--overwrite")]:
+        code, _, err = _convert(["--model", "mobilenet_v1_025", "--torch_checkpoint", tmp_path / "m.pth",
+                                 "--output", output], capsys)  # fmt: skip
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    code, _, err = _convert(["--model", "mobilenet_v1_26", "--torch_checkpoint", tmp_path / "m.pth", "--output",
+                             tmp_path / "w"], capsys)  # fmt: skip
+    assert code == 2 and len(err.splitlines()) == 1 and "Unknown model" in err and "mobilenet_v1_025" in err

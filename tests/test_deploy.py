@@ -22,7 +22,7 @@ from input_pipeline import datasets, photos
 from lightnets import checkpoint, convert, export, inference, predict
 from lightnets.layers import BatchNorm
 from lightnets.registry import IMAGENET_MEAN, IMAGENET_STD, model_info
-from tests.conftest import SMALLEST
+from tests.conftest import SMALLEST, run_command
 
 SIZE = 32  # export tests: the smallest input every family takes
 
@@ -150,14 +150,42 @@ def test_predict_skips_unreadable_images_and_says_so(tmp_path, capsys):
         (["--checkpoint", "/nonexistent", "x.jpg"], "does not exist"),
         (["--checkpoint", "{tmp}", "{tmp}"], "no images"),
         (["--checkpoint", "{tmp}", "--top_k", "0", "x.jpg"], "must be positive"),
+        (["--help"], None),
     ],
 )
 def test_predict_bad_input_is_a_clear_error(argv, message, tmp_path, capsys):
-    argv = [a.format(tmp=tmp_path) for a in argv]
-    with pytest.raises(SystemExit) as e:
-        predict.main(argv)
-    assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    code, out, err = run_command(predict.main, predict.PROG, [a.format(tmp=tmp_path) for a in argv], capsys)
+    if message is None:
+        assert code == 0 and out.startswith("usage:")
+    elif "--top_k" in argv:  # argparse's own errors come after the usage
+        assert code == 2 and message in err.splitlines()[-1]
+    else:  # through cli.run: one line
+        (line,) = err.splitlines()
+        assert code == 2 and line.startswith(f"{predict.PROG}: error: ") and message in line
+
+
+def _nonfinite_model() -> nnx.Module:
+    """A 3-class mobilenet_v1_025 with a nan in its classifier and an inf in a running variance."""
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=3)
+    model.classifier.kernel[...] = model.classifier.kernel[...].at[0, 1].set(jnp.nan)
+    model.bn1.var[...] = model.bn1.var[...].at[2].set(jnp.inf)
+    return model
+
+
+def test_predict_refuses_nonfinite_weights_instead_of_printing_nan(tmp_path, capsys):
+    checkpoint.save_weights(_nonfinite_model(), tmp_path / "weights", allow_nonfinite=True)  # as a diverged run
+    photo = photo_files(tmp_path / "photos", count=1)[0]
+    code, out, err = run_command(predict.main, predict.PROG, ["--checkpoint", str(tmp_path / "weights"), str(photo)],
+                                 capsys)  # fmt: skip
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "2 arrays" in err and "bn1.var, classifier.kernel" in err
+
+    # A model that computes nans all the same (here one built in memory, never loaded): an error, not "nan%".
+    model = _nonfinite_model()
+    model.eval()
+    loaded = inference.Loaded(model, inference.reference_preprocessing("mobilenet_v1_025", SIZE), ["a", "b", "c"], "m")
+    with pytest.raises(ValueError, match=f"non-finite probabilities .* for {photo}"):
+        predict.predict(loaded, [photo])
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -260,6 +288,39 @@ def test_export_cli_bad_input_is_a_clear_error(tmp_path, capsys):
             export.main(base + argv)
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_export_destination_mistakes_are_one_line_and_leave_nothing(tmp_path, capsys):
+    checkpoint.save_weights(lightnets.create_model("mobilenet_v1_025", num_classes=3), tmp_path / "weights")
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "directory").mkdir()
+    (tmp_path / "model.onnx").write_text("mine")
+    (tmp_path / "other.onnx.json").write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    for output, message in [
+        ("file/model.onnx", "file is a file, not a directory"),
+        ("directory", "directory is a directory"),
+        ("model.onnx", "model.onnx exists; pass overwrite=True (--overwrite)"),
+        ("other.onnx", "other.onnx.json exists"),
+    ]:
+        argv = ["--checkpoint", str(tmp_path / "weights"), "--format", "onnx", "--output", str(tmp_path / output)]
+        code, out, err = run_command(export.main, export.PROG, argv, capsys)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err, err
+    assert sorted(tmp_path.rglob("*")) == before  # no OUTPUT.partial, nothing replaced
+    assert (tmp_path / "model.onnx").read_text() == "mine"
+    assert run_command(export.main, export.PROG, ["--help"], capsys)[0] == 0
+
+
+def test_export_replaces_a_file_only_when_asked(tmp_path):
+    loaded = _loaded("mobilenet_v1_025")
+    output = tmp_path / "model.onnx"
+    output.write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export.export(loaded, "onnx", output)
+    assert output.read_text() == "mine"
+    assert export.export(loaded, "onnx", output, overwrite=True).passed
+    assert output.stat().st_size > 1000 and (tmp_path / "model.onnx.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]
 
 
 @pytest.fixture(scope="module")

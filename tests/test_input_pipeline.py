@@ -20,6 +20,7 @@ from PIL import Image
 
 from input_pipeline import datasets, photos, prepare, sources, transforms
 from lightnets import augment
+from tests.conftest import run_command
 
 CLASSES = ("n01440764", "n01443537", "n01484850")  # sorted: class index = position
 PER_CLASS = 8
@@ -251,6 +252,37 @@ def test_missing_splits_and_empty_classes_are_clear_errors(tmp_path, tfds_dir):
         datasets.create_source("tfds:mnist", "train", image_size=SIZE, data_dir=str(tmp_path))
 
 
+def test_a_symbolic_link_that_loops_is_an_error_naming_it(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        (tmp_path / "train" / name / "x.jpg").write_bytes(_jpeg((0, 0, 0)))
+    (tmp_path / "train" / "b" / "up").symlink_to("..")  # a link to a parent folder: not walked, ignored
+    (tmp_path / "train" / "b" / "up.jpg").symlink_to("..")
+    assert len(datasets.create_source(f"folder:{tmp_path}", "train", image_size=SIZE)) == 2
+
+    loops = [tmp_path / "train" / "a" / "self.jpg", tmp_path / "train" / "loop"]  # a file link, a class folder link
+    for loop in loops:
+        loop.symlink_to(loop.name)
+        with pytest.raises(ValueError, match=f"cannot read {loop}: .* loops") as error:
+            datasets.create_source(f"folder:{tmp_path}", "train", image_size=SIZE)
+        assert "\n" not in str(error.value)
+        loop.unlink()
+
+
+def test_a_folder_of_unreadable_images_is_an_error_naming_it(tmp_path, caplog):
+    for i in range(8):
+        (tmp_path / "train" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / "a" / f"{i}.jpg").write_bytes(b"<html>not found</html>")
+    source = datasets.create_source(f"folder:{tmp_path}", "train", image_size=SIZE)
+    it = datasets.train_iterator(source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0,
+                                 process_count=1)  # fmt: skip
+    # Two epochs hold a whole one: every image was tried (not 1,000 warnings first).
+    with pytest.raises(ValueError, match=f"cannot read the images of {tmp_path / 'train'}: 16 in a row"):
+        next(it)
+    with pytest.raises(ValueError, match=f"cannot read the images of {tmp_path / 'train'}: none of the 8"):
+        list(datasets.eval_batches(source, global_batch_size=8, transform=transforms.EvalTransform(SIZE)))
+
+
 # --- transforms ----------------------------------------------------------------------------------
 
 
@@ -263,6 +295,24 @@ def test_grey_cmyk_palette_and_alpha_images_become_rgb():
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8, mode
         if mode in ("L", "LA"):
             assert np.array_equal(image[..., 0], image[..., 2])
+
+
+def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped():
+    values = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    png = io.BytesIO()
+    Image.fromarray(values).save(png, format="PNG")  # PIL opens it as mode I;16
+    pgm = b"P5 64 64 65535\n" + values.astype(">u2").tobytes()  # PIL opens it as mode I
+    for data in (png.getvalue(), pgm):
+        image = transforms.EvalTransform(64, crop_pct=1.0)(data)  # the whole image, not resized
+        np.testing.assert_array_equal(image, np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=-1))
+
+
+def test_a_decompression_bomb_is_reported_as_such_and_skipped(monkeypatch):
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(out, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses over twice as many: 1,024 is a bomb here
+    example = datasets._Decode(transforms.EvalTransform(16))({"image": out.getvalue(), "label": 0, "name": "bomb.png"})
+    assert example["skipped"] == "bomb.png" and "decompression bomb" in example["reason"]
 
 
 def test_eval_transform_is_torchvision_resize_then_centre_crop():
@@ -345,6 +395,17 @@ def test_prepare_writes_a_smaller_copy_the_loader_reads(folder, tmp_path):
     assert sorted(epoch) == list(range(GOOD))
     with pytest.raises(FileExistsError, match=r"info\.json"):
         prepare.prepare(f"folder:{folder}", str(tmp_path / "copy"))
+
+
+def test_prepare_mistakes_are_one_line(tmp_path, capsys):
+    assert run_command(prepare.main, prepare.PROG, ["--help"], capsys)[0] == 0
+    for argv, message in [
+        (["--dataset", "folder:/no/such/imagenet"], "folder:/no/such/imagenet: no such directory"),
+        (["--dataset", "digits", "--splits", "train,test"], "choose among ('train', 'validation')"),
+    ]:
+        code, _, err = run_command(prepare.main, prepare.PROG, [*argv, "--output", str(tmp_path / "copy")], capsys)
+        assert code == 2 and err.startswith(f"{prepare.PROG}: error: ") and message in err, err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "copy").exists()
 
 
 # --- on the device: random erasing, Mixup, CutMix ---------------------------------------------------
