@@ -14,7 +14,6 @@ the source is kept (the loader shuffles), and the splits' shards and class names
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -129,7 +128,7 @@ def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: 
 def main(argv: list[str] | None = None) -> int:
     from lightnets import cli  # here, not at the top: the worker processes import this module
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="source to copy: folder:PATH, tfds:NAME or prepared:PATH")
     parser.add_argument("--output", required=True, help="directory to write (must not hold a prepared copy already)")
     parser.add_argument("--max_shorter_side", type=int, default=256,
@@ -140,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="processes re-encoding images; 0: one per core")
     parser.add_argument("--examples_per_shard", type=int, default=20_000, help="records per ArrayRecord file")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir for tfds: sources")
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)  # the progress lines
     prepare(args.dataset, args.output, max_shorter_side=args.max_shorter_side, quality=args.quality,

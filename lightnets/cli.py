@@ -1,8 +1,7 @@
 """What every command does with a mistake: one line on stderr, a non-zero exit, no traceback.
 
     def main(argv=None) -> int:
-        parser = argparse.ArgumentParser(prog="python -m lightnets.convert")
-        cli.add_debug_flag(parser)
+        parser = cli.ArgumentParser(prog="python -m lightnets.convert")  # has --debug
         ...
 
     if __name__ == "__main__":
@@ -15,6 +14,7 @@ instead. Errors of any other type are bugs of ours and keep their traceback.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pathlib
@@ -33,8 +33,16 @@ def debugging(argv: Sequence[str] | None = None) -> bool:
     return "--debug" in argv or os.environ.get("LIGHTNETS_DEBUG", "") not in ("", "0")
 
 
-def add_debug_flag(parser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (LIGHTNETS_DEBUG=1)")
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with `--debug`, and its own usage errors in one line (argparse prints the usage first)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show the traceback of an error (LIGHTNETS_DEBUG=1)")
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (--help lists the options)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def error_line(prog: str, error: BaseException) -> str:

@@ -512,9 +512,8 @@ def _verification_images(args, name: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROG,
         description="Convert weights between PyTorch checkpoints and lightnets weights directories.",
         epilog="PyTorch -> lightnets: --model NAME --torch_checkpoint PATH --output DIR. "
@@ -535,7 +534,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output, an existing --to_torch")
     parser.add_argument("--allow_nonfinite", action="store_true",
                         help="convert weights holding a nan or an inf (refused by default)")  # fmt: skip
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     if args.torch_checkpoint:

@@ -23,7 +23,6 @@ ONNX and TFLite go through our own lowering of the model's jaxpr: `lightnets/low
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -260,7 +259,7 @@ def reference_logits(model: nnx.Module, preprocessing: inference.Preprocessing, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a trainer workdir or a weights directory")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, help="the file to write (its preprocessing goes to OUTPUT.json)")
@@ -288,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", choices=inference.WEIGHTS, default="auto",
                         help="a trainer run's raw or EMA weights; auto: EMA when the run kept one")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT and OUTPUT.json")
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.quantize != "none" and args.format != "tflite":
         parser.error(f"--quantize={args.quantize} is for --format=tflite; ONNX and StableHLO export float32")

@@ -13,7 +13,6 @@ computes a non-finite probability is an error, never a "nan%" line.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 import sys
@@ -90,14 +89,13 @@ def predict(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
     parser.add_argument("--checkpoint", required=True, help="a trainer workdir or a weights directory")
     parser.add_argument("--top_k", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--weights", choices=inference.WEIGHTS, default="auto",
                         help="a trainer run's raw or EMA weights; auto: EMA when the run kept one")  # fmt: skip
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top_k and --batch_size must be positive")

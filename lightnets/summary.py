@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import time
@@ -14,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lightnets import cli
 from lightnets.registry import create_model, list_models, model_info
 
 
@@ -116,12 +116,13 @@ def describe(config) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python -m lightnets.summary", description=__doc__.splitlines()[0])
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style pattern of model names")
     args = parser.parse_args(argv)
     print(model_table(list_models(args.pattern)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m lightnets.summary")
