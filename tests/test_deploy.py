@@ -318,7 +318,7 @@ def test_int8_tflite_keeps_a_trained_networks_decisions(trained_on_digits, tmp_p
     # The broken export these floors refuse.
     blank = (np.zeros_like(image) for image in export.calibration_images("digits", loaded.preprocessing, 200))
     broken = export.export(loaded, "tflite", tmp_path / "blank.tflite", quantize="int8", calibration=blank)
-    assert not broken.passed and broken.top1_agreement < 0.3, broken.line()
+    assert not broken.passed and broken.top1_agreement < 0.5, broken.line()
 
 
 def test_float16_tflite_is_close(trained_on_digits, tmp_path):
