@@ -1,4 +1,5 @@
-"""Test set-up: an 8-device CPU mesh, and the smallest variant of each family."""
+"""Test set-up: an 8-device CPU mesh, the smallest variant of each family, and every file the
+code under test writes kept in pytest's own temporary directory."""
 
 import os
 import tempfile
@@ -6,10 +7,8 @@ import tempfile
 # Before jax is imported: exercise an 8-device mesh on one CPU, as CI has no accelerator.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Runs of the trainer within a test (in this process and in main.py subprocesses) compile the
-# same steps: a cache for this session compiles each once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lightnets-test-jax-cache-"))
 
+import jax
 import pytest
 
 # The smallest variant of each family: every behaviour test runs on these.
@@ -29,3 +28,28 @@ def run_command(main, prog: str, argv: list[str], capsys) -> tuple[int, str, str
         cli.run(main, prog, argv)
     out, err = capsys.readouterr()
     return exit_.value.code, out, err
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _writes_under_pytests_basetemp(tmp_path_factory):
+    """What the code under test writes outside a test's own tmp_path goes into this session's
+    basetemp (which pytest prunes), in this process and in main.py subprocesses alike:
+
+    - JAX's compilation cache: runs of the trainer within a test compile the same steps, and a
+      cache for the session compiles each once;
+    - the folder listing cache (else the user's ~/.cache/lightnets);
+    - Keras's settings file (else ~/.keras/keras.json, written when TensorFlow loads Keras);
+    - temporary files and folders that libraries leave behind (TFDS an empty one in /tmp each
+      time it looks for a data set's metadata online).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # a cache the user chose is kept
+            cache = str(tmp_path_factory.mktemp("jax-cache"))
+            patch.setenv("JAX_COMPILATION_CACHE_DIR", cache)
+            jax.config.update("jax_compilation_cache_dir", cache)  # jax read the environment when imported
+        patch.setenv("LIGHTNETS_CACHE_DIR", str(tmp_path_factory.mktemp("lightnets-cache")))
+        patch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras")))
+        tmp = str(tmp_path_factory.mktemp("tmp"))
+        patch.setenv("TMPDIR", tmp)
+        patch.setattr(tempfile, "tempdir", tmp)
+        yield

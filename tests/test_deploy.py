@@ -325,31 +325,37 @@ def test_export_replaces_a_file_only_when_asked(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_on_digits():
-    """mobilenet_v1_025 trained briefly on the digits at 16 px (float32, one device): quantisation
-    is judged on a trained network, as random ones amplify any rounding chaotically."""
-    import optax
+    """mobilenet_v1_025 trained as the quick start trains (configs/quickstart.py: 32 px, the
+    trainer's data pipeline, optimiser, schedule and step) for half its epochs, on one device as
+    on a CPU: quantisation is judged on a trained network, as random ones amplify any rounding
+    chaotically. In float32, what the exports are checked against (bfloat16 is slower on a CPU)."""
+    from configs import quickstart
+    from lightnets import train, trainer
 
-    train = datasets.create_source("digits", "train", image_size=16)
-    model = lightnets.create_model("mobilenet_v1_025", num_classes=10, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    steps = 100
-    opt = nnx.Optimizer(model, optax.sgd(optax.cosine_decay_schedule(0.1, steps), momentum=0.9), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, opt, x, y):
-        loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()  # noqa: E731
-        opt.update(model, nnx.grad(loss)(model))
-
-    rng = np.random.default_rng(0)
-    images = photos.normalize(train.images)
-    for _ in range(steps):
-        batch = rng.choice(len(images), 32, replace=False)
-        step(model, opt, jnp.asarray(images[batch]), jnp.asarray(train.labels[batch]))
+    config = quickstart.get_config()
+    config.update(model="mobilenet_v1_025", dtype="float32", num_epochs=6.0)
+    s = trainer.setup(config)
+    steps = trainer.build_steps(config, s.model, train.make_mesh(jax.devices()[:1]), s.steps_per_epoch)
+    data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed,
+                                   transform=s.train_transform, threads=config.data_threads)  # fmt: skip
+    state = steps.state
+    for _ in range(s.num_train_steps):
+        batch = next(data)
+        state, _ = steps.train_step(state, batch["image"], batch["label"])
+    # As `inference.load` takes a run's checkpoint: the trained weights in a float32 model.
+    model = lightnets.create_model(config.model, num_classes=10, dtype=jnp.float32)
+    nnx.update(model, *jax.device_get((state.params, state.batch_stats)))
     model.eval()
-    prep = inference.Preprocessing(16, 1.0, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    prep = inference.Preprocessing(config.image_size, config.crop_pct, config.eval_interpolation, IMAGENET_MEAN,
+                                   IMAGENET_STD)  # fmt: skip
     return inference.Loaded(model, prep, inference.class_names(10), "mobilenet_v1_025 (digits)")
 
 
 def test_int8_tflite_keeps_a_trained_networks_decisions(trained_on_digits, tmp_path):
+    """The floors sit between what a working int8 export gives (measured: 97 % agreement on the
+    check's photos, 99.7 % on held-out digits, accuracy 95.3 % against float32's 95.6 %) and what a
+    broken one does: calibrated on blank images (ranges that never saw a digit) it agrees on 7 % and
+    11 %, chance level (10 digits); on uniform noise, on 87.5 % and 93 %, 6 points less accurate."""
     loaded = trained_on_digits
     calibration = export.calibration_images("digits", loaded.preprocessing, 200)  # through the data pipeline
     output = tmp_path / "int8.tflite"
@@ -362,13 +368,18 @@ def test_int8_tflite_keeps_a_trained_networks_decisions(trained_on_digits, tmp_p
     assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= ops  # BatchNorm folded, every op int8 (the converter enforces it)
 
     # On held-out digits, what it was trained for: the same decisions and the same accuracy.
-    held_out = datasets.create_source("digits", "validation", image_size=16)
+    held_out = datasets.create_source("digits", "validation", image_size=loaded.preprocessing.image_size)
     float_logits = logits(loaded, held_out.images)
-    int8_logits = export.run_tflite(output, held_out.images.astype(np.float32))
-    assert np.mean(float_logits.argmax(-1) == int8_logits.argmax(-1)) >= 0.9
     float_acc = np.mean(float_logits.argmax(-1) == held_out.labels)
-    assert float_acc > 0.5  # it did learn
-    assert np.mean(int8_logits.argmax(-1) == held_out.labels) >= float_acc - 0.05
+    assert float_acc >= 0.85  # it did learn
+    int8_logits = export.run_tflite(output, held_out.images.astype(np.float32))
+    assert np.mean(float_logits.argmax(-1) == int8_logits.argmax(-1)) >= 0.95
+    assert np.mean(int8_logits.argmax(-1) == held_out.labels) >= float_acc - 0.03
+
+    # The broken export these floors refuse.
+    blank = (np.zeros_like(image) for image in export.calibration_images("digits", loaded.preprocessing, 200))
+    broken = export.export(loaded, "tflite", tmp_path / "blank.tflite", quantize="int8", calibration=blank)
+    assert not broken.passed and broken.top1_agreement < 0.5, broken.line()
 
 
 def test_float16_tflite_is_close(trained_on_digits, tmp_path):
