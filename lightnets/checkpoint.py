@@ -530,6 +530,6 @@ def _short(e: Exception) -> str:
     """One line from an exception, e.g. TensorStore's page-long one: its first line and the array it read."""
     text = str(e)
     arrays = re.findall(r"'path': '([^'/][^']*?)/?'", text)
-    line = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    line = text.strip().splitlines()[0].split(" See full TensorStore details")[0] if text.strip() else type(e).__name__
     line = line if len(line) <= 160 else line[:157] + "..."
     return f"{arrays[-1]}: {line}" if arrays else line

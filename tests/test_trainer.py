@@ -299,6 +299,7 @@ def _warnings(caplog, text):
 
 def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_one(uninterrupted, tmp_path, caplog):
     _, reference = uninterrupted
+    caplog.set_level("INFO", logger="absl")
     workdir = _copy(uninterrupted, tmp_path)
     assert _checkpoints(workdir) == [16, 20, 24]
     _damage(workdir, 24, "truncate")  # a read error
@@ -318,6 +319,7 @@ def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_on
 def test_inference_and_eval_fall_back_from_a_damaged_step(uninterrupted, tmp_path, caplog):
     from lightnets import inference
 
+    caplog.set_level("INFO", logger="absl")
     workdir = _copy(uninterrupted, tmp_path)
     _damage(workdir, 24, "flip")
     # While a run holds the workdir, a reader skips the damaged step but leaves it where it is.
@@ -371,6 +373,27 @@ def test_resume_with_another_config_is_refused_unless_allowed(uninterrupted, tmp
     (change,) = run["config_changes"]
     assert change["step"] == STEPS and change["accepted_by_allow_config_change"] == ["hflip"]
     assert change["changes"]["num_train_steps"] == [STEPS, STEPS + 2]
+
+
+def test_divergence_names_what_stopped_being_finite(tmp_path):
+    """BatchNorm statistics that overflowed while the loss stayed finite (lr=1e3 on the quick start)."""
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=10, rngs=nnx.Rngs(0))
+    state, _ = train.create_train_state(model, optax.sgd(0.1))
+    hit = lambda path: "var" in str(path) and ("'bn1'" in str(path) or "'bn2'" in str(path))  # noqa: E731
+    stats = jax.device_get(state.batch_stats)
+    inf = jax.tree_util.tree_map_with_path(lambda p, x: np.full_like(x, np.inf) if hit(p) else x, stats)
+    n = sum(hit(p) for p, _ in jax.tree_util.tree_flatten_with_path(stats)[0])
+    state = state.replace(batch_stats=inf, ema_batch_stats=inf)
+    finite = {"loss": 2.3, "top1": 0.1, "grad_norm": 1.0, "param_norm": 9.0,
+              **{f"finite_{k}": 1.0 for k in train.FINITE}}  # fmt: skip
+    diverged = {**finite, "finite_batch_stats": 0.0, "finite_ema_batch_stats": 0.0}
+    ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    message = trainer._divergence([finite, diverged], state, 8, ckpts)
+    assert n > 2
+    assert message.startswith(
+        f"training diverged at step 8: BatchNorm running variance is inf in {n} layers (batch_stats); "
+        f"EMA BatchNorm running variance is inf in {n} layers (ema_batch_stats); no good checkpoint was saved"
+    ), message
 
 
 # --- the compiled step's collectives -------------------------------------------------------------
