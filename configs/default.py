@@ -81,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0  # 0: at every evaluation only
     c.keep_checkpoints = 3  # the last N, plus the best by (EMA) top-1
     c.profile_steps = 0  # > 0: a profiler trace of that many steps, after warm-up, in workdir/profile
+    # Resuming refuses a config that differs from the run's in what the run is (model, data, batch,
+    # optimiser, schedule, augmentation...); True accepts the differences (logged, and recorded in
+    # the checkpoints' metadata). Logging, checkpointing, evaluation, data workers and the length may change.
+    c.allow_config_change = False
     return c
 
 

@@ -10,7 +10,12 @@ A run directory (`<workdir>/checkpoints`) holds the trainer's steps, written by 
 `CheckpointManager` (`RunCheckpoints`): each step has the whole `TrainState` (parameters,
 optimiser state, EMA, step, RNG), the data iterator's position and the run's metadata. Saves are
 asynchronous and atomic: orbax writes into a temporary directory and renames it when complete,
-so a save cut off half way is never restored (and is deleted at the next start).
+so a save cut off half way is never restored (and is deleted at the next start). Each step also
+records a sha256 of every array, of the data iterator's state and of the metadata (`checksums/`),
+computed in orbax's background thread; a restore verifies them. A step that cannot be read or
+verified is reported, set aside as `<step>.corrupt-<n>` (never deleted; orbax no longer sees it)
+and the next older one is tried. The trainer holds `<workdir>/lightnets.lock` (`WorkdirLock`)
+for the run's life, so that two runs never write to one workdir.
 
 Weights holding a nan or an inf are neither saved nor loaded (`nonfinite` names the arrays) unless
 asked for with `allow_nonfinite=True`: they make every prediction nan, and say so only then.
@@ -18,21 +23,31 @@ asked for with `allow_nonfinite=True`: they make every prediction nan, and say s
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import pathlib
+import re
+import socket
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from lightnets.registry import create_model
 
 METADATA = "lightnets.json"
+LOCK = "lightnets.lock"  # in a trainer workdir
 _WEIGHTS = (nnx.Param, nnx.BatchStat)
 
 
@@ -45,9 +60,10 @@ class NonFiniteError(ValueError):
     """Weights hold a nan or an inf; the message names the arrays."""
 
 
-def nonfinite(tree: Any) -> list[str]:
+def nonfinite(tree: Any, *, kinds: bool = False) -> list[str]:
     """The paths (`blocks.0.0.bn1.var`, `features.0.0.weight`) of the floating-point arrays of
-    `tree` that hold a nan or an inf; [] if none do.
+    `tree` that hold a nan or an inf; [] if none do. With `kinds`, each says which it holds:
+    "blocks.0.0.bn1.var: inf" (those arrays alone are then fetched to the host).
 
     Arrays on devices are checked where they are, in one jitted call, and only one boolean per
     array comes back to the host; numpy arrays are checked on the host.
@@ -57,7 +73,10 @@ def nonfinite(tree: Any) -> list[str]:
               if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]  # fmt: skip
     on_device = iter(jax.device_get(_all_finite([x for _, x in leaves if isinstance(x, jax.Array)])))
     finite = [bool(next(on_device)) if isinstance(x, jax.Array) else bool(np.isfinite(x).all()) for _, x in leaves]
-    return [name for (name, _), ok in zip(leaves, finite, strict=True) if not ok]
+    bad = [(name, x) for (name, x), ok in zip(leaves, finite, strict=True) if not ok]
+    if kinds:
+        return [f"{name}: {', '.join(_nonfinite_kinds(np.asarray(x)))}" for name, x in bad]
+    return [name for name, _ in bad]
 
 
 @jax.jit
@@ -153,15 +172,222 @@ def load_weights(directory: str | os.PathLike, *, dtype: Any = jnp.float32, rngs
     return model
 
 
+def _nonfinite_kinds(a: np.ndarray) -> list[str]:
+    return [kind for kind, test in (("nan", np.isnan), ("inf", np.isinf)) if test(a).any()]
+
+
+def _name(path: tuple) -> str:
+    """A leaf path as orbax names it on disk, e.g. `params.blocks.4.1.conv_pw.kernel.value`."""
+    return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
+class DamagedCheckpoint(ValueError):
+    """A step that cannot be read, or whose contents differ from the checksums recorded when it was written."""
+
+
+# --- integrity: checksums written with every step, verified by every restore -------------------
+
+
+def _host(tree: Any) -> dict[str, np.ndarray]:
+    """Leaf name -> this process's numpy copy of the whole array (split arrays are gathered)."""
+    leaves = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if isinstance(x, jax.Array):
+            x = x.addressable_data(0) if x.is_fully_replicated else multihost_utils.process_allgather(x, tiled=True)
+            x.copy_to_host_async()  # all transfers in flight at once
+        leaves[_name(path)] = x
+    host = {}
+    for name, x in leaves.items():
+        a = np.asarray(x)
+        # On the CPU backend that may be the device buffer itself, which the next (donating) step reuses.
+        cpu = isinstance(x, jax.Array) and next(iter(x.devices())).platform == "cpu"
+        host[name] = a.copy() if cpu else a
+    return host
+
+
+def _digest(a: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{a.dtype} {a.shape} ".encode())
+    digest.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _json_digest(value: Any) -> str:
+    """Of a JSON value, as it reads back (tuples are lists)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _data_state(data_iterator: Any) -> Any:
+    state = data_iterator.get_state()
+    return json.loads(state) if isinstance(state, bytes) else state
+
+
+def _checksums_file(process: int, count: int) -> str:
+    return f"process_{process}-of-{count}.json"
+
+
+@dataclasses.dataclass
+class _ChecksumsSave(ocp.args.CheckpointArgs):
+    state: Any
+    data_iterator: Any
+    run: dict
+
+
+class _ChecksumsHandler(ocp.AsyncCheckpointHandler):
+    """Writes `checksums/process_<i>-of-<n>.json`: process 0's holds a sha256 (with dtype and shape)
+    of every state array and of the metadata, every process's that of its data iterator's state."""
+
+    def _prepare(self, directory, args: _ChecksumsSave):
+        """Takes what it hashes now, in the save's blocking part (the train step that follows donates
+        the state's buffers, the iterator moves on); returns the hashing and writing, for later."""
+        primary = jax.process_index() == 0
+        host = _host(args.state)
+        data = _data_state(args.data_iterator)
+
+        def write():
+            record = {"data": _json_digest(data)}
+            if primary:
+                record["run"] = _json_digest(args.run)
+                record["state"] = {k: [str(a.dtype), list(a.shape), _digest(a)] for k, a in host.items()}
+            path = directory / _checksums_file(jax.process_index(), jax.process_count())
+            path.write_text(json.dumps(record, indent=1))
+
+        return write
+
+    async def async_save(self, directory, args: _ChecksumsSave):
+        write = self._prepare(directory, args)
+
+        async def commit():  # in orbax's background thread
+            write()
+
+        return [ocp.future.CommitFutureAwaitingContractedSignals(commit(), name="lightnets_checksums")]
+
+    def save(self, directory, args: _ChecksumsSave):
+        self._prepare(directory, args)()
+
+    def restore(self, directory, args=None):
+        raise NotImplementedError("RunCheckpoints reads the checksums itself")
+
+
+@dataclasses.dataclass
+class _ChecksumsRestore(ocp.args.CheckpointArgs):  # orbax's registry wants one; never used
+    pass
+
+
+ocp.args.register_with_handler(_ChecksumsHandler, for_save=True)(_ChecksumsSave)
+ocp.args.register_with_handler(_ChecksumsHandler, for_restore=True)(_ChecksumsRestore)
+
+
+# --- one run per workdir -------------------------------------------------------------------------
+
+
+class WorkdirLock:
+    """`<workdir>/lightnets.lock`: an exclusive `flock` held for a run's life, the holder's host,
+    pid and start time in the file.
+
+    The OS releases the flock when its process dies, even by SIGKILL, so no lock outlives its run;
+    the file's contents then stay, and the next run takes over from them with a message. A file
+    that names a live process of this host although its flock is free (a file system that ignores
+    flock) still refuses.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = pathlib.Path(workdir).absolute() / LOCK
+        self._file = None
+
+    def acquire(self) -> None:
+        """Takes the lock, or raises FileExistsError naming the run that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")  # held until release
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_holder(file)
+            file.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise OSError(f"cannot lock {self.path} ({e.strerror}): does this file system support flock?") from None
+            raise FileExistsError(
+                f"{self.path.parent} is in use by {_describe(holder)} ({self.path}): wait for it to end or use "
+                "another --workdir"
+            ) from None
+        previous = _read_holder(file)
+        if previous and previous.get("host") == socket.gethostname() and previous.get("pid") != os.getpid():
+            if _alive(previous.get("pid")):
+                file.close()
+                raise FileExistsError(
+                    f"{self.path.parent} is in use by {_describe(previous)}, which is running although its lock is "
+                    f"free (a file system without flock?); if that process is no lightnets run, delete {self.path}"
+                )
+        if previous and previous.get("pid") != os.getpid():
+            logging.warning("Taking over %s from %s, which no longer runs", self.path, _describe(previous))
+        holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}  # fmt: skip
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps(holder) + "\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        self._file.truncate(0)  # released cleanly: nothing to take over (the file stays: see acquire)
+        self._file.close()  # releases the flock
+        self._file = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(file) -> dict | None:
+    file.seek(0)
+    try:
+        return json.loads(file.read() or "null")
+    except json.JSONDecodeError:
+        return None
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "another run"
+    return f"the run of pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# --- a run's checkpoints -------------------------------------------------------------------------
+
+
 class RunCheckpoints:
     """The trainer's checkpoints: keeps the last `keep` steps and the `keep_best` best by `best_metric`.
 
     Steps saved with `metrics` (after an evaluation) compete for best; the others are kept only
-    while they are among the last `keep`.
+    while they are among the last `keep`. `lock` takes the workdir's `WorkdirLock` (the parent of
+    `directory`) until `close`, on process 0: the trainer does, readers do not.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: int = 1, best_metric: str = "top1"):
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: int = 1, best_metric: str = "top1",
+                 lock: bool = False):  # fmt: skip
         self.directory = pathlib.Path(directory).absolute()
+        self._lock = WorkdirLock(self.directory.parent) if lock and jax.process_index() == 0 else None
+        if self._lock is not None:
+            self._lock.acquire()  # before orbax, which removes unfinished saves (another run's?) at start
+        self._good: set[int] = set()  # steps this object wrote or verified
         if jax.default_backend() == "cpu":
             # orbax splits replicated arrays across replicas to write them in parallel, which
             # compiles a slice per array shape (10 s at the first save on 2 cores) and gains
@@ -177,7 +403,12 @@ class RunCheckpoints:
             cleanup_tmp_directories=True,  # an interrupted save is removed, never restored
             enable_async_checkpointing=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "run"))
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=("state", "data", "run", "checksums"))  # fmt: skip
+        except BaseException:
+            self.release_lock()
+            raise
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -193,26 +424,183 @@ class RunCheckpoints:
             "state": ocp.args.StandardSave(state),
             "data": grain.checkpoint.CheckpointSave(data_iterator),
             "run": ocp.args.JsonSave(run),
+            "checksums": _ChecksumsSave(state, data_iterator, run),
         }
         metrics = {k: float(v) for k, v in metrics.items()} if metrics else None
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        self._good.add(step)
+
+    def _checksums(self, step: int, process: int | None = None) -> dict | None:
+        """The checksums recorded by `process` (0: the state's) when `step` was written; None if it predates them."""
+        directory = self.directory / str(step) / "checksums"
+        if not directory.exists():
+            return None
+        name = "process_0-of-*.json" if process is None else _checksums_file(process, jax.process_count())
+        paths = list(directory.glob(name))
+        if not paths:
+            raise DamagedCheckpoint(f"{directory} lacks {name}")
+        try:
+            return json.loads(paths[0].read_text())
+        except (OSError, ValueError) as e:
+            raise DamagedCheckpoint(f"cannot read {paths[0]}: {e}") from None
 
     def read_run(self, step: int) -> dict:
-        """The metadata saved with `step` (the model and the config of the run)."""
-        return self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
+        """The metadata saved with `step` (the model and the config of the run), verified."""
+        try:
+            run = self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
+        except Exception as e:
+            raise DamagedCheckpoint(f"cannot read its metadata: {_short(e)}") from None
+        recorded = self._checksums(step)
+        if recorded is not None and recorded["run"] != _json_digest(run):
+            raise DamagedCheckpoint(f"its metadata ({self.directory / str(step) / 'run'}) differs from its checksum")
+        return run
 
     def restore(self, step: int, like: Any, data_iterator: Any = None) -> Any:
-        """The state saved at `step`, shaped and sharded as `like`; moves `data_iterator` to its position."""
+        """The state saved at `step`, shaped and sharded as `like`, verified; moves `data_iterator` to its position.
+
+        Raises DamagedCheckpoint for a step that cannot be read or differs from its checksums, and
+        ValueError for an intact one that does not fit `like` or `data_iterator`.
+        """
+        recorded = self._checksums(step)
+        if recorded is not None:
+            _check_fits(recorded["state"], like, f"step {step} of {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+        except Exception as e:
+            raise DamagedCheckpoint(f"cannot read its state: {_short(e)}") from None
+        if recorded is None:
+            logging.warning("Step %d of %s has no checksums (written before lightnets recorded them): not verified",
+                            step, self.directory)  # fmt: skip
+        else:
+            for name, a in _host(state).items():
+                if _digest(a) != recorded["state"][name][2]:
+                    raise DamagedCheckpoint(f"{name} differs from its checksum")
+            self._good.add(step)
+        if data_iterator is not None:
+            self._restore_data(step, data_iterator, recorded is not None)
+        return state
+
+    def _restore_data(self, step: int, data_iterator: Any, verify: bool) -> None:
         import grain
 
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        items = {"state": ocp.args.StandardRestore(abstract)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+        path = self.directory / str(step) / "data" / _checksums_file(jax.process_index(), jax.process_count())
+        if verify:
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise DamagedCheckpoint(f"cannot read the data iterator's state {path}: {e}") from None
+            if _json_digest(saved) != self._checksums(step, jax.process_index())["data"]:
+                raise DamagedCheckpoint(f"the data iterator's state {path} differs from its checksum")
+        try:
+            self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        except Exception as e:
+            if not verify:
+                raise DamagedCheckpoint(f"cannot read the data iterator's state: {_short(e)}") from None
+            # Intact, so it does not fit this iterator (grain needs the same data_workers, processes).
+            raise ValueError(f"the data iterator's position in step {step} of {self.directory} does not fit this "
+                             f"input pipeline (same data_workers and processes?): {_short(e)}") from None  # fmt: skip
+
+    def restore_latest(self, like: Any, data_iterator: Any = None, check_run=None) -> tuple[int | None, Any, Any]:
+        """The newest intact step: (step, state shaped and sharded as `like`, its metadata), or (None, like, None).
+
+        A damaged step is reported in one line and set aside, and the next older one is tried.
+        `like` may be a function of the step's metadata that returns it. `check_run(metadata)` may
+        refuse a step that does not fit (raise ValueError): that is no damage, and propagates.
+        `data_iterator` moves to the restored step's position.
+        """
+        initial = data_iterator.get_state() if data_iterator is not None else None
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                run = self._agreed(self.read_run, step)
+                if check_run is not None:
+                    check_run(run)
+                target = like(run) if callable(like) else like
+                return step, self._agreed(self.restore, step, target, data_iterator), run
+            except DamagedCheckpoint as e:
+                self._set_aside(step, str(e))
+        if initial is not None:  # a damaged step may have moved it
+            data_iterator.set_state(initial)
+        return None, None if callable(like) else like, None
+
+    def _agreed(self, fn, *args):
+        """`fn(*args)`, raising DamagedCheckpoint on every process if it did on any (all fall back alike)."""
+        try:
+            result, problem = fn(*args), None
+        except DamagedCheckpoint as e:
+            result, problem = None, e
+        if jax.process_count() > 1:
+            damaged = multihost_utils.process_allgather(np.asarray(problem is not None)).any()
+            if damaged and problem is None:
+                problem = DamagedCheckpoint("damaged as another process read it")
+        if problem is not None:
+            raise problem
+        return result
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Renames a damaged step `<step>.corrupt-<n>`: kept for a look, out of orbax's sight."""
+        path = self.directory / str(step)
+        n = 1
+        while path.with_name(f"{step}.corrupt-{n}").exists():
+            n += 1
+        target = path.with_name(f"{step}.corrupt-{n}")
+        done = "set aside as " + target.name
+        if jax.process_index() == 0:
+            try:
+                if self._lock is not None:
+                    path.rename(target)
+                else:  # a reader (evaluation, inference): never under a training run's feet
+                    with WorkdirLock(self.directory.parent):
+                        path.rename(target)
+            except FileExistsError:
+                done = "left in place while a run holds the workdir"
+            except OSError as e:
+                done = f"left in place ({e.strerror})"
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("lightnets: set aside a damaged step")
+        logging.warning("Checkpoint step %d in %s is damaged (%s): %s; trying the previous one", step, self.directory,
+                        problem, done)  # fmt: skip
+        self.manager.reload()
+
+    def last_good_step(self) -> int | None:
+        """The newest step that this object wrote or verified and that is on disk (saves in flight completed)."""
+        self.wait()
+        return max(self._good & set(self.manager.all_steps()), default=None)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        finally:
+            self.release_lock()
+
+
+def _check_fits(recorded: dict, like: Any, what: str) -> None:
+    """Refuses (ValueError) an intact checkpoint whose arrays are not those of `like` (names, dtypes, shapes)."""
+    expected = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(like)[0]:
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        expected[_name(path)] = [str(x.dtype), list(x.shape)]
+    saved = {k: v[:2] for k, v in recorded.items()}
+    if saved != expected:
+        names = sorted(saved.keys() | expected.keys())
+        differ = [f"{k}: {saved.get(k, 'absent')} -> {expected.get(k, 'absent')}" for k in names
+                  if saved.get(k) != expected.get(k)]  # fmt: skip
+        raise ValueError(f"{what} holds another state than this run's ({len(differ)} arrays differ, e.g. "
+                         f"{'; '.join(differ[:3])}): did the optimiser or the model change?")  # fmt: skip
+
+
+def _short(e: Exception) -> str:
+    """One line from an exception, e.g. TensorStore's page-long one: its first line and the array it read."""
+    text = str(e)
+    arrays = re.findall(r"'path': '([^'/][^']*?)/?'", text)
+    line = text.strip().splitlines()[0].split(" See full TensorStore details")[0] if text.strip() else type(e).__name__
+    line = line if len(line) <= 160 else line[:157] + "..."
+    return f"{arrays[-1]}: {line}" if arrays else line

@@ -30,6 +30,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from input_pipeline.photos import IMAGENET_MEAN, IMAGENET_STD
 
 DATA_AXIS = "data"
+# What the train step checks for NaN and infinity, each in a metric `finite_<name>` (1 finite,
+# 0 not), in the order a divergence shows in them: the forward pass's BatchNorm statistics, the
+# loss, the gradients, the updated weights and their averages.
+FINITE = ("batch_stats", "loss", "grads", "params", "ema_params", "ema_batch_stats")
 # Arrays smaller than this stay replicated under FSDP: splitting them saves little memory and
 # costs a collective each.
 FSDP_MIN_SIZE = 2**14
@@ -95,6 +99,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """1.0 if every float in `tree` is finite, else 0.0: one scalar, computed where the tree lives."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)).astype(jnp.float32) if flags else jnp.ones((), jnp.float32)
+
+
 def _ema(decay: float, average: Any, new: Any) -> Any:
     return jax.tree.map(lambda a, x: x if a.dtype.kind in "iu" else decay * a + (1 - decay) * x, average, new)
 
@@ -118,7 +128,9 @@ def make_train_step(
     `ema_decay` 0 keeps no average (the EMA fields follow the weights). With `fsdp_mesh`, the
     parameters arrive split over it (`state_sharding(fsdp=True)`): the step gathers them whole
     for the forward pass and reduce-scatters the gradients back to the split layout; left to
-    itself, XLA may instead split activations by channel and exchange them layer by layer.
+    itself, XLA may instead split activations by channel and exchange them layer by layer. The
+    metrics include a finiteness flag per part of the state (`FINITE`), for the trainer to stop
+    a divergence before anything non-finite is saved.
     """
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array):
@@ -162,6 +174,9 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),  # not finite: the update overflowed
         }
+        checked = {"batch_stats": batch_stats, "loss": loss, "grads": grads, "params": params,
+                   "ema_params": new_state.ema_params, "ema_batch_stats": new_state.ema_batch_stats}  # fmt: skip
+        metrics.update({f"finite_{k}": all_finite(checked[k]) for k in FINITE})
         return new_state, metrics
 
     return step

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import math
 import os
 import pathlib
@@ -422,19 +423,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
     ema = config.get("ema_decay", 0.0) > 0
     ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
-                                      best_metric="ema_top1" if ema else "top1")  # fmt: skip
-    run = _run_metadata(config, s.model, s.train_source.class_names)
-    start = ckpts.latest_step()
-    if start is not None:
-        saved = ckpts.read_run(start)
-        if (saved["model"], saved["num_classes"]) != (run["model"], run["num_classes"]):
-            raise ValueError(
-                f"{workdir} holds a run of {saved['model']} with {saved['num_classes']} classes; this config trains "
-                f"{run['model']} with {run['num_classes']}: use another --workdir"
-            )
-        state = ckpts.restore(start, state, data)
-        run["evaluations"] = saved.get("evaluations", [])
-        logging.info("Resumed from %s at step %d", ckpts.directory / str(start), start)
+                                      best_metric="ema_top1" if ema else "top1", lock=True)  # fmt: skip
+    try:
+        state, run = _resume(ckpts, config, _run_metadata(config, s.model, s.train_source.class_names), state, data)
+    except BaseException:
+        ckpts.close()  # and its lock: the loop's `finally` is not reached
+        raise
     step = int(_fetch(state.step))
     if step >= s.num_train_steps:
         logging.info("%s is complete: step %d of %d was trained already; nothing to do (raise "
@@ -459,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     profile_start = step + 5 if profile_steps else None  # after compilation and warm-up
     progress = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch, eval_every)
     stop, pending = _StopRequest(), []
-    last_good, compiled, profiling, started = start, False, False, time.perf_counter()
+    compiled, profiling, started = False, False, time.perf_counter()
     skipped = 0  # unreadable training images left out, since this process started
     try:
         while step < s.num_train_steps:
@@ -493,13 +487,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                 fetched = [_fetch(m) for m in pending]
                 means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 pending = []
-                if not all(math.isfinite(v) for v in means.values()):
-                    where = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint was saved"
-                    raise TrainingDiverged(
-                        f"training diverged at step {step}: loss {means['loss']}, gradient norm "
-                        f"{means['grad_norm']}; {where} in {ckpts.directory}. Lower the learning rate "
-                        "(--config.lr), add warmup (--config.warmup_epochs) or clip (--config.grad_clip_norm)."
-                    )
+                finite = {k: means.pop(f"finite_{k}") for k in train.FINITE}
+                if min(finite.values()) < 1 or not all(math.isfinite(v) for v in means.values()):
+                    raise TrainingDiverged(_divergence(fetched, state, step, ckpts))
                 scalars = {f"train_{k}": v for k, v in means.items()}
                 scalars["learning_rate"] = float(schedule(step - 1))
                 scalars["data_skipped"] = _sum_over_processes(skipped)
@@ -516,7 +506,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                     writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
                     logging.info("step %d eval: %s", step, _eval_line(eval_metrics, ema))
                 ckpts.save(step, state, data, run, metrics=eval_metrics)
-                last_good = step
                 writer.flush()
                 progress.restart(step)
             if stopping:
@@ -587,31 +576,145 @@ def _eval_line(m: dict[str, float], ema: bool) -> str:
     return line
 
 
+# Config fields a resumed run may change: how it is logged, checkpointed, evaluated and fed, and
+# how long it goes on (to extend it). A difference in any other field changes what the run is.
+RESUMABLE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs", "num_epochs",
+                    "num_train_steps", "data_workers", "data_threads", "profile_steps", "eval_batch_size", "data_dir",
+                    "allow_config_change")  # fmt: skip
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """The fields whose values differ between a run's saved config and `config`: field -> (old, new)."""
+    new = json.loads(json.dumps(config.to_dict()))  # as it was saved: tuples are lists
+    absent = "(absent)"
+    return {k: (saved.get(k, absent), new.get(k, absent)) for k in sorted(saved.keys() | new.keys())
+            if saved.get(k, absent) != new.get(k, absent)}  # fmt: skip
+
+
+def _resume(ckpts: checkpoint.RunCheckpoints, config, run: dict, state, data) -> tuple[train.TrainState, dict]:
+    """The state of the newest intact checkpoint that fits `config` (or `state` if none), and the
+    metadata to save from now on: `run`, with the history of the config changes it was resumed with.
+
+    A checkpoint of another model or class count, or whose config differs from `config` in a
+    field that changes what the run is, is refused (ValueError) unless `allow_config_change`.
+    """
+    workdir, changes = ckpts.directory.parent, {}
+
+    def fits(saved: dict) -> None:
+        if (saved["model"], saved["num_classes"]) != (run["model"], run["num_classes"]):
+            raise ValueError(
+                f"{workdir} holds a run of {saved['model']} with {saved['num_classes']} classes; this config trains "
+                f"{run['model']} with {run['num_classes']}: use another --workdir"
+            )
+        changes.clear()
+        changes.update(config_changes(saved["config"], config))
+        refused = [k for k in changes if k not in RESUMABLE_FIELDS]
+        if refused and not config.get("allow_config_change", False):
+            listed = ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+            raise ValueError(
+                f"{workdir} holds a run with other settings: {listed}; resume with the run's own, use another "
+                "--workdir, or accept the changes with --config.allow_config_change=True"
+            )
+
+    had_steps = ckpts.latest_step() is not None
+    start, state, saved = ckpts.restore_latest(state, data, check_run=fits)
+    if start is None:
+        if had_steps:
+            logging.warning("No intact checkpoint in %s: training from the start", ckpts.directory)
+        return state, run
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    accepted = [k for k in changes if k not in RESUMABLE_FIELDS]
+    if accepted:
+        logging.warning("Resuming with a changed config, as allow_config_change asks: %s", listed)
+    elif changes:
+        logging.info("Resuming with changes that keep the run what it is: %s", listed)
+    history = saved.get("config_changes", [])
+    if changes:
+        history = [*history, {"step": start, "changes": changes, "accepted_by_allow_config_change": accepted}]
+    logging.info("Resumed from %s at step %d", ckpts.directory / str(start), start)
+    return state, {**run, "config_changes": history, "evaluations": saved.get("evaluations", [])}
+
+
+def _divergence(fetched: list[dict], state: train.TrainState, step: int, ckpts: checkpoint.RunCheckpoints) -> str:
+    """The message for a run that diverged in the steps whose metrics are `fetched`, ending at `step`.
+
+    Names what stopped being finite first, from the step's flags, and where (from `state`).
+    """
+    first = step - len(fetched) + 1
+    at, cause = step, "the training metrics are not finite"
+    for i, m in enumerate(fetched):
+        bad = [k for k in train.FINITE if m[f"finite_{k}"] < 1]
+        metrics = [k for k, v in m.items() if not k.startswith("finite_") and not np.isfinite(v)]
+        if bad or metrics:
+            at = first + i
+            cause = "; ".join(_nonfinite_part(k, m, state) for k in bad) or ", ".join(f"{k} {m[k]}" for k in metrics)
+            break
+    good = ckpts.last_good_step()
+    where = f"the last good checkpoint is step {good}" if good is not None else "no good checkpoint was saved"
+    return (
+        f"training diverged at step {at}: {cause}; {where} in {ckpts.directory}. Lower the learning rate "
+        "(--config.lr), add warmup (--config.warmup_epochs) or clip (--config.grad_clip_norm)."
+    )
+
+
+_PARTS = {"batch_stats": "BatchNorm", "params": "parameter", "ema_params": "EMA parameter",
+          "ema_batch_stats": "EMA BatchNorm"}  # fmt: skip
+_VARIABLES = {"var": "running variance", "mean": "running mean"}
+
+
+def _nonfinite_part(part: str, m: dict, state: train.TrainState) -> str:
+    """E.g. "BatchNorm running variance is inf in 17 layers", from the arrays of the state (fetched now)."""
+    if part == "loss":
+        return f"loss {m['loss']}"
+    if part == "grads":
+        return f"gradients not finite (norm {m['grad_norm']})"
+    counts: dict[tuple[str, str], int] = {}
+    for entry in checkpoint.nonfinite(_fetch(getattr(state, part)), kinds=True):
+        path, kinds = entry.rsplit(": ", 1)
+        variable = path.removesuffix(".value").rsplit(".", 1)[-1]
+        key = (_VARIABLES.get(variable, variable), kinds.replace(", ", " and "))
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:  # finite again by now: the flag is all there is
+        return f"{_PARTS[part]} values not finite ({part})"
+    found = ", ".join(f"{v} is {kinds} in {n} layer{'s' if n > 1 else ''}" for (v, kinds), n in counts.items())
+    return f"{_PARTS[part]} {found} ({part})"
+
+
 def restore_run(
     workdir: str | os.PathLike, mesh, dtype
 ) -> tuple[nnx.Module, train.TrainState, train.GraphDefs, int, dict]:
-    """The latest checkpoint of a trainer workdir: model, state (on `mesh`), graphdefs, step and run metadata."""
+    """The newest intact checkpoint of a trainer workdir: model, state (on `mesh`), graphdefs, step and run metadata.
+
+    A damaged step is reported and set aside (unless a run is training there), the next older one used.
+    """
     ckpts = checkpoint.RunCheckpoints(pathlib.Path(workdir) / "checkpoints")
-    try:
-        step = ckpts.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{workdir} holds no checkpoint: neither {checkpoint.METADATA} nor checkpoints/")
-        saved = ckpts.read_run(step)
+    built = {}
+
+    def like(saved: dict) -> train.TrainState:
         model = create_model(saved["model"], num_classes=saved["num_classes"], dtype=dtype)
         # The optimiser's structure, which the restore needs, does not depend on the schedule's length.
         tx = optim.create_optimizer(ml_collections.ConfigDict(saved["config"]), 1, params=nnx.state(model, nnx.Param))
-        state, graphdefs = train.create_train_state(model, tx)
-        state = ckpts.restore(step, train.put(state, train.state_sharding(mesh, state)))
+        state, built["graphdefs"] = train.create_train_state(model, tx)
+        built["model"] = model
+        return train.put(state, train.state_sharding(mesh, state))
+
+    try:
+        if ckpts.latest_step() is None:
+            raise FileNotFoundError(f"{workdir} holds no checkpoint: neither {checkpoint.METADATA} nor checkpoints/")
+        step, state, saved = ckpts.restore_latest(like)
+        if step is None:
+            raise FileNotFoundError(f"{workdir} holds no intact checkpoint (the damaged ones are reported above)")
     finally:
         ckpts.close()
-    return model, state, graphdefs, step, saved
+    return built["model"], state, built["graphdefs"], step, saved
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_dir: str | None = None) -> dict:
     """Evaluates a checkpoint on the config's validation split.
 
     `checkpoint_dir` is a weights directory (the converter's output) or a trainer workdir; by
-    default the latest checkpoint of `workdir`. Returns the metrics (of the EMA weights too when the run kept them).
+    default the newest intact checkpoint of `workdir`. Returns the metrics (of the EMA weights too when the
+    run kept them).
     """
     check_config(config)
     target = pathlib.Path(checkpoint_dir or workdir).absolute()

@@ -108,6 +108,17 @@ def test_training_fits_a_batch_moves_statistics_only_in_training_and_averages_we
     assert int(after["bn1"]["num_batches_tracked"]) == 40
     assert int(evaluate(state, images, labels, valid)["count"]) == len(labels)
 
+    # Every part of the state is flagged finite; an infinite running variance (what a huge rate
+    # leaves behind) is flagged, in it and in its average, though the loss stays finite.
+    assert {k: float(metrics[f"finite_{k}"]) for k in train.FINITE} == dict.fromkeys(train.FINITE, 1.0)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.full_like(x, np.inf) if "bn1" in str(path) and "var" in str(path) else x, after
+    )
+    state, metrics = step(state.replace(batch_stats=stats), images, labels)
+    flags = {k: float(metrics[f"finite_{k}"]) for k in train.FINITE}
+    assert flags == {**dict.fromkeys(train.FINITE, 1.0), "batch_stats": 0.0, "ema_batch_stats": 0.0}
+    assert np.isfinite(float(metrics["loss"]))
+
 
 def test_eval_counts_only_valid_examples():
     tx = optax.sgd(0.1)

@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -308,6 +309,130 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
         trainer.train_and_evaluate(config, str(tmp_path))
     ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
     assert ckpts.latest_step() == 1
+
+
+# --- damaged checkpoints, one run per workdir, a resume that does not fit -------------------------
+
+
+def _copy(uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    return workdir
+
+
+def _damage(workdir, step, how):
+    """Truncates, or flips one bit in the middle of, the largest array file of `step`."""
+    files = [p for p in (workdir / "checkpoints" / str(step) / "state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x10
+    largest.write_bytes(bytes(data))
+
+
+def _warnings(caplog, text):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and text in r.getMessage()]
+
+
+def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_one(uninterrupted, tmp_path, caplog):
+    _, reference = uninterrupted
+    caplog.set_level("INFO", logger="absl")
+    workdir = _copy(uninterrupted, tmp_path)
+    assert _checkpoints(workdir) == [16, 20, 24]
+    _damage(workdir, 24, "truncate")  # a read error
+    _damage(workdir, 20, "flip")  # reads without error: only the checksum tells
+    state = jax.device_get(trainer.train_and_evaluate(tiny(), str(workdir)))
+    damaged = _warnings(caplog, "is damaged")
+    assert len(damaged) == 2 and "step 24" in damaged[0] and "step 20" in damaged[1], damaged
+    assert "differs from its checksum" in damaged[1] and all("\n" not in m for m in damaged)
+    assert any(f"Resumed from {workdir / 'checkpoints' / '16'}" in r.getMessage() for r in caplog.records)
+    names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert "24.corrupt-1" in names and "20.corrupt-1" in names and _checkpoints(workdir) == [16, 20, 24]
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state), strict=True):
+        a, b = (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inference_and_eval_fall_back_from_a_damaged_step(uninterrupted, tmp_path, caplog):
+    from lightnets import inference
+
+    caplog.set_level("INFO", logger="absl")
+    workdir = _copy(uninterrupted, tmp_path)
+    _damage(workdir, 24, "flip")
+    # While a run holds the workdir, a reader skips the damaged step but leaves it where it is.
+    with checkpoint.WorkdirLock(workdir):
+        assert "step 20" in inference.load(workdir).description
+    assert "left in place" in _warnings(caplog, "is damaged")[-1] and 24 in _checkpoints(workdir)
+    assert "step 20" in inference.load(workdir).description
+    assert 24 not in _checkpoints(workdir) and (workdir / "checkpoints" / "24.corrupt-1").is_dir()
+    _damage(workdir, 20, "truncate")
+    trainer.evaluate(tiny(), str(workdir))
+    assert any(f"{workdir} step 16" in r.getMessage() for r in caplog.records if r.getMessage().startswith("Evaluated"))
+
+
+def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lightnets import checkpoint; "
+         "checkpoint.WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        holding = f"in use by the run of pid {holder.pid} on host {socket.gethostname()}"
+        with pytest.raises(FileExistsError, match=holding):
+            trainer.train_and_evaluate(tiny(), str(tmp_path))
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.kill()  # SIGKILL: its lock goes with it, its record stays
+        holder.wait()
+    with checkpoint.WorkdirLock(tmp_path) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(FileExistsError, match=f"pid {os.getpid()}"):
+            checkpoint.WorkdirLock(tmp_path).acquire()  # a second lock, in this process
+    assert f"from the run of pid {holder.pid}" in _warnings(caplog, "Taking over")[0]
+    # A record of a live process of this host whose flock is free: a file system without flock.
+    (tmp_path / checkpoint.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    with pytest.raises(FileExistsError, match="running although its lock is free"):
+        checkpoint.WorkdirLock(tmp_path).acquire()
+
+
+def test_resume_with_another_config_is_refused_unless_allowed(uninterrupted, tmp_path, caplog):
+    workdir = _copy(uninterrupted, tmp_path)
+    other = tiny(batch_size=64, seed=1, dataset="synthetic:256", log_every_steps=4)
+    with pytest.raises(ValueError, match=r"other settings: batch_size 32 -> 64, dataset 'digits' -> 'synthetic:256', "
+                                         r"seed 0 -> 1; .*allow_config_change=True") as refused:  # fmt: skip
+        trainer.train_and_evaluate(other, str(workdir))
+    assert "log_every_steps" not in str(refused.value) and not _warnings(caplog, "damaged")
+    # Accepted (hflip is host-side: the compiled step is the fixture's), logged and recorded.
+    trainer.train_and_evaluate(tiny(hflip=0.5, num_train_steps=STEPS + 2, allow_config_change=True), str(workdir))
+    assert "hflip 0.0 -> 0.5" in _warnings(caplog, "allow_config_change")[0]
+    run = checkpoint.RunCheckpoints(workdir / "checkpoints").read_run(STEPS + 2)
+    (change,) = run["config_changes"]
+    assert change["step"] == STEPS and change["accepted_by_allow_config_change"] == ["hflip"]
+    assert change["changes"]["num_train_steps"] == [STEPS, STEPS + 2]
+
+
+def test_divergence_names_what_stopped_being_finite(tmp_path):
+    """BatchNorm statistics that overflowed while the loss stayed finite (lr=1e3 on the quick start)."""
+    model = lightnets.create_model("mobilenet_v1_025", num_classes=10, rngs=nnx.Rngs(0))
+    state, _ = train.create_train_state(model, optax.sgd(0.1))
+    hit = lambda path: "var" in str(path) and ("'bn1'" in str(path) or "'bn2'" in str(path))  # noqa: E731
+    stats = jax.device_get(state.batch_stats)
+    inf = jax.tree_util.tree_map_with_path(lambda p, x: np.full_like(x, np.inf) if hit(p) else x, stats)
+    n = sum(hit(p) for p, _ in jax.tree_util.tree_flatten_with_path(stats)[0])
+    state = state.replace(batch_stats=inf, ema_batch_stats=inf)
+    finite = {"loss": 2.3, "top1": 0.1, "grad_norm": 1.0, "param_norm": 9.0,
+              **{f"finite_{k}": 1.0 for k in train.FINITE}}  # fmt: skip
+    diverged = {**finite, "finite_batch_stats": 0.0, "finite_ema_batch_stats": 0.0}
+    ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    message = trainer._divergence([finite, diverged], state, 8, ckpts)
+    assert n > 2
+    assert message.startswith(
+        f"training diverged at step 8: BatchNorm running variance is inf in {n} layers (batch_stats); "
+        f"EMA BatchNorm running variance is inf in {n} layers (ema_batch_stats); no good checkpoint was saved"
+    ), message
 
 
 # --- the compiled step's collectives -------------------------------------------------------------
