@@ -34,8 +34,7 @@ PROG = "main.py"
 
 
 def _fail(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
+    cli.fail(PROG, message)
 
 
 def _define_config_flag() -> None:

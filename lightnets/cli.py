@@ -21,6 +21,7 @@ import pathlib
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 # What a mistake of the user's raises: our own checks raise ValueError (CheckpointMismatchError
 # is one) or a FileNotFoundError/FileExistsError; OSError covers unreadable, unwritable and full.
@@ -40,16 +41,20 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", help="show the traceback of an error (LIGHTNETS_DEBUG=1)")
 
-    def error(self, message: str):
-        print(f"{self.prog}: error: {message} (--help lists the options)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, f"{message} (--help lists the options)")
 
 
-def error_line(prog: str, error: BaseException) -> str:
-    message = str(error).strip() or type(error).__name__
+def fail(prog: str, message: str) -> NoReturn:
+    """The one line a user's mistake gets, and exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def error_message(error: BaseException) -> str:
     if isinstance(error, KeyError) and len(error.args) == 1:  # KeyError's str() is the key's repr
-        message = str(error.args[0])
-    return f"{prog}: error: {message}"
+        return str(error.args[0])
+    return str(error).strip() or type(error).__name__
 
 
 def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> None:
@@ -60,8 +65,7 @@ def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | No
     except USER_ERRORS as e:
         if debugging(argv):
             raise
-        print(error_line(prog, e), file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        fail(prog, error_message(e))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -92,8 +96,7 @@ def absl_flags_parser(prog: str, load: Callable[[], object] | None = None) -> Ca
         except Exception as e:
             if debugging(argv):
                 raise
-            print(f"{prog}: error: {flag_error(e, argv)}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            fail(prog, flag_error(e, argv))
 
     return parse
 
