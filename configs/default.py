@@ -16,6 +16,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = "tfds:imagenet2012"  # input pipeline source: digits, synthetic[:N], tfds:NAME, folder:PATH
     c.image_size = 224  # training and evaluation resolution, pixels (square)
     c.dtype = "bfloat16"  # computation dtype; parameters and BatchNorm statistics stay float32
+    # The per-channel normalisation of RGB in [0, 1] that the network sees, in training, evaluation,
+    # predict and export alike; None: the model's reference (`lightnets.model_info(model).mean/std`),
+    # or, with init_from, the one the weights were trained with.
+    c.mean = placeholder(tuple)
+    c.std = placeholder(tuple)
     c.seed = 0  # initialisation, data order and dropout
     c.init_from = ""  # a weights directory (python -m lightnets.convert --output) to fine-tune from
     c.dropout = placeholder(float)  # classifier dropout; None: the variant's default
