@@ -109,7 +109,7 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     graphdefs, state = steps.graphdefs, holder["state"]
 
     def forward(params, batch_stats, rngs, x):
-        x = train.normalize_images(x, trainer.DTYPES[args.dtype])
+        x = steps.normalize.on_device(x, trainer.DTYPES[args.dtype])
         return nnx.merge(graphdefs.eval, params, batch_stats, rngs, copy=True)(x)
 
     replicated = train.replicated(mesh)

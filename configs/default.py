@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.nesterov = False
     c.weight_decay = 4e-5
     c.weight_decay_norm_and_bias = False  # False: no decay on BatchNorm parameters and biases
-    c.opt_eps = 1e-3  # rmsprop_tf (inside the square root); adamw/lamb epsilon
+    c.opt_eps = placeholder(float)  # rmsprop_tf (inside the square root), adamw, lamb; None: optim.EPSILON's
     c.b1 = 0.9
     c.b2 = 0.999
     c.rmsprop_decay = 0.9

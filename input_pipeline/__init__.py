@@ -1,9 +1,7 @@
-"""Input pipelines: image sources, preprocessing and batching for lightnets.
+"""Input pipelines for lightnets: image sources, host-side transforms and batching.
 
-For now it holds the preprocessing the models expect (ImageNet mean/std normalisation) and the
-real photos that ship inside installed packages, used by the model summary and the tests.
+`sources` (digits, synthetic, folder:, tfds:), `transforms` (decoding, crops, RandAugment),
+`datasets` (grain iterators and their checkpointable state), `photos` (the real photos that ship
+inside installed packages, for checks). Batches leave as uint8 pixels; the network's normalisation
+is `lightnets.preprocessing`'s, applied on the device.
 """
-
-from input_pipeline.photos import IMAGENET_MEAN, IMAGENET_STD, load_images, normalize, sample_photos
-
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "load_images", "normalize", "sample_photos"]

@@ -1,8 +1,9 @@
-"""Real photos that ship inside installed packages, preprocessed as the models expect.
+"""Real photos that ship inside installed packages, as uint8 RGB pixels.
 
 No data set can be downloaded at run time on our CI machines, but scikit-learn ships two colour
 photos (`load_sample_images`) and scikit-image a dozen more (`skimage.data`, the ones that need
-no download). They are what the model summary and the converter's `--verify` run on.
+no download). They are what the model summary and the converter's `--verify` run on, normalised
+by the caller as the network expects (`lightnets.preprocessing`).
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-# torchvision's and timm's ImageNet normalisation, RGB in [0, 1].
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
 # Photographs in skimage.data that are part of the wheel (greyscale ones become RGB).
 SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket", "stereo_motorcycle",
 )  # fmt: skip
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 RGB images (..., H, W, 3) -> float32, normalised with the ImageNet mean and std."""
-    return (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -76,11 +68,6 @@ def _load_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def sample_photos(size: int, views: int = 1) -> np.ndarray:
-    """The shipped photos, normalised, NHWC float32 (see `sample_pixels`)."""
-    return normalize(sample_pixels(size, views))
-
-
 def sample_pixels(size: int, views: int = 1) -> np.ndarray:
     """The shipped photos, NHWC uint8.
 
@@ -100,12 +87,12 @@ def sample_pixels(size: int, views: int = 1) -> np.ndarray:
     return np.stack(crops)
 
 
-def load_images(paths: list[str], size: int) -> np.ndarray:
-    """Image files, centre-cropped to `size` x `size`, normalised, NHWC float32."""
+def load_pixels(paths: list[str], size: int) -> np.ndarray:
+    """Image files, centre-cropped to `size` x `size`, NHWC uint8."""
     if not paths:
         raise ValueError("no images given")
     crops = []
     for path in paths:
         with Image.open(path) as image:
             crops.append(crop_resize(np.asarray(image.convert("RGB")), size))
-    return normalize(np.stack(crops))
+    return np.stack(crops)

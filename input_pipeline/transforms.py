@@ -28,8 +28,6 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from input_pipeline.photos import IMAGENET_MEAN
-
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
@@ -165,12 +163,13 @@ class TrainTransform:
         randaugment: str = "",
         interpolation: str = "bilinear",
         draft: bool = True,
+        fill: tuple[int, int, int] = (128, 128, 128),
     ):
         self.size, self.scale, self.ratio, self.hflip, self.draft = size, tuple(scale), tuple(ratio), hflip, draft
         self.interpolation = interpolation
         if interpolation != "random" and interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {interpolation!r} is not one of {[*INTERPOLATIONS, 'random']}")
-        self.randaugment = RandAugment(randaugment, size, interpolation=interpolation) if randaugment else None
+        self.randaugment = RandAugment(randaugment, interpolation=interpolation, fill=fill) if randaugment else None
 
     def __call__(self, data: bytes | np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = open_image(data)
@@ -305,10 +304,11 @@ class RandAugment:
     (with replacement) from the 15 `rand` ops, each applied with probability 0.5 at a magnitude
     drawn from N(9, 0.5) and clipped to [0, 10]. Options: m (magnitude), n (ops), p (probability),
     mstd (magnitude std; > 100: uniform in [0, m]), mmax (upper clip), inc (the increasing set).
-    Fill colour: the ImageNet mean; interpolation: the training one (`random`: bilinear or bicubic).
+    Fill colour: the run's mean as pixels (`preprocessing.Normalize.fill`; timm's default grey
+    without one); interpolation: the training one (`random`: bilinear or bicubic).
     """
 
-    def __init__(self, config_str: str, image_size: int, *, interpolation: str = "random"):
+    def __init__(self, config_str: str, *, interpolation: str = "random", fill: tuple[int, int, int] = (128, 128, 128)):
         sections = config_str.split("-")
         if sections[0] != "rand":
             raise ValueError(f"RandAugment config {config_str!r} must start with 'rand-' (e.g. 'rand-m9-mstd0.5')")
@@ -335,9 +335,8 @@ class RandAugment:
                     f"RandAugment config {config_str!r}: cannot read {section!r}; sections are m, n, p, mstd, mmax, inc"
                 ) from None
         self.ops = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
-        self.fill = tuple(min(255, round(255 * x)) for x in IMAGENET_MEAN)
+        self.fill = tuple(fill)
         self.interpolation = interpolation
-        del image_size  # timm uses it only for the absolute translations, which `rand` does not draw
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         for index in rng.integers(len(self.ops), size=self.num_layers):

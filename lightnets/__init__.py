@@ -3,7 +3,7 @@
 import lightnets
 model = lightnets.create_model("mobilenet_v2_100", num_classes=1000)
 model.eval()
-logits = model(images)  # NHWC, normalised with the ImageNet mean and std
+logits = model(images)  # NHWC, normalised as `model_info(name).mean` and `.std` say (lightnets.preprocessing)
 """
 
 from lightnets import models  # noqa: F401  (registers the variants)

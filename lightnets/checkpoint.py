@@ -44,6 +44,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from lightnets import preprocessing
 from lightnets.registry import create_model
 
 METADATA = "lightnets.json"
@@ -126,13 +127,21 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool = False, direc
 
 
 def save_weights(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False,
-                 allow_nonfinite: bool = False) -> None:  # fmt: skip
+                 allow_nonfinite: bool = False, mean=None, std=None) -> None:  # fmt: skip
     """Writes a model built by `create_model` (or `convert.from_torch`) to `directory`.
 
+    `mean`/`std` are the normalisation the weights were trained with, recorded for whoever
+    fine-tunes, evaluates, predicts or exports them; by default the reference's (converted weights).
     Refuses weights holding a nan or an inf (NonFiniteError) unless `allow_nonfinite`.
     """
     if not hasattr(model, "variant"):
         raise ValueError("the model has no `variant`: build it with lightnets.create_model")
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither for the reference's")
+    if mean is None:
+        ref = preprocessing.reference(model.variant)
+        mean, std = ref.mean, ref.std
+    norm = preprocessing.Normalize(mean, std)  # checked before anything is written
     state = nnx.state(model, _WEIGHTS)
     if not allow_nonfinite:
         check_finite(state, f"the {model.variant} weights")
@@ -142,7 +151,7 @@ def save_weights(model: nnx.Module, directory: str | os.PathLike, *, overwrite: 
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "state", state, force=True)
         checkpointer.wait_until_finished()
-    metadata = {"model": model.variant, "num_classes": model.num_classes, "format": 1}
+    metadata = {"model": model.variant, "num_classes": model.num_classes, "format": 1, **norm.to_dict()}
     # Written last: a directory without it is an interrupted save, never loaded.
     (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lightnets import checkpoint, cli
+from lightnets import checkpoint, cli, preprocessing
 from lightnets.blocks import DepthwiseSeparable, FusedMBConv, InvertedResidual
 from lightnets.checkpoint import check_finite, is_head
 from lightnets.layers import BatchNorm, Conv2d, ConvBnAct, Linear
@@ -500,15 +500,15 @@ def verify(name: str, state_dict: Mapping[str, Any], images: np.ndarray, *, num_
 
 
 def _verification_images(args, name: str) -> np.ndarray:
-    from input_pipeline import load_images, sample_photos
+    from input_pipeline import photos
 
-    size = args.resolution or model_info(name).resolution
+    prep = preprocessing.reference(name, args.resolution)
     if args.images:
         import glob
 
         paths = sorted(p for pattern in args.images for p in glob.glob(pattern))
-        return load_images(paths, size)
-    return sample_photos(size, views=4)  # each photo, its mirror image and two crops
+        return prep.normalize(photos.load_pixels(paths, prep.image_size))
+    return prep.normalize(photos.sample_pixels(prep.image_size, views=4))  # each photo, its mirror image, two crops
 
 
 def main(argv: list[str] | None = None) -> int:

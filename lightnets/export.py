@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from input_pipeline import photos
-from lightnets import checkpoint, cli, inference, lowering
+from lightnets import checkpoint, cli, inference, lowering, preprocessing
 from lightnets.lowering import QUANTIZE
 
 PROG = "python -m lightnets.export"
@@ -48,7 +48,7 @@ FLOAT32_TOLERANCE = 1e-4  # of max |logit|
 # --- the function every format exports ------------------------------------------------------------
 
 
-def pixels_forward(model: nnx.Module, preprocessing: inference.Preprocessing) -> Callable[[jax.Array], jax.Array]:
+def pixels_forward(model: nnx.Module, prep: preprocessing.Preprocessing) -> Callable[[jax.Array], jax.Array]:
     """pixels (N, H, W, 3) float32 in [0, 255] -> logits, with the model's weights as constants.
 
     Convolutions are `lax.conv_general_dilated` (`conv_impl="xla"`), which every runtime has a
@@ -58,8 +58,7 @@ def pixels_forward(model: nnx.Module, preprocessing: inference.Preprocessing) ->
     copy = nnx.merge(graphdef, state)  # new modules over the same arrays: `model` keeps its formulation
     copy.set_attributes(conv_impl="xla", raise_if_not_found=False)
     graphdef, state = nnx.split(copy)
-    scale = (1.0 / (255.0 * np.asarray(preprocessing.std, np.float32))).astype(np.float32)
-    shift = (-np.asarray(preprocessing.mean, np.float32) / np.asarray(preprocessing.std, np.float32)).astype(np.float32)
+    scale, shift = prep.normalize.folded()
 
     def forward(pixels):
         return nnx.merge(graphdef, state)(pixels * scale + shift).astype(jnp.float32)
@@ -144,18 +143,18 @@ def check(expected: np.ndarray, actual: np.ndarray, *, quantized: bool, min_agre
 
 
 def calibration_images(
-    dataset: str, preprocessing: inference.Preprocessing, count: int, *, data_dir: str | None = None, seed: int = 0
+    dataset: str, prep: preprocessing.Preprocessing, count: int, *, data_dir: str | None = None, seed: int = 0
 ) -> Iterator[np.ndarray]:
     """`count` training images of `dataset` (any `config.dataset` form), preprocessed for evaluation."""
     from input_pipeline import datasets
     from input_pipeline.transforms import CorruptImage
 
-    source = datasets.create_source(dataset, "train", image_size=preprocessing.image_size, data_dir=data_dir)
+    source = datasets.create_source(dataset, "train", image_size=prep.image_size, data_dir=data_dir)
     order = np.random.default_rng(seed).permutation(len(source))
     taken = 0
     for index in order:
         try:
-            image = preprocessing.transform(source[int(index)]["image"])
+            image = prep.transform(source[int(index)]["image"])
         except CorruptImage:
             continue
         yield image.astype(np.float32)
@@ -249,13 +248,13 @@ def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
     return model(x).astype(jnp.float32)
 
 
-def reference_logits(model: nnx.Module, preprocessing: inference.Preprocessing, pixels: np.ndarray) -> np.ndarray:
+def reference_logits(model: nnx.Module, prep: preprocessing.Preprocessing, pixels: np.ndarray) -> np.ndarray:
     """The JAX model's logits on `pixels`, as lightnets runs it (its own convolution formulation).
 
     The model is an argument of one jitted function, not a closure: its weights are not compiled
     in as constants, and exporting one model to several formats compiles it once.
     """
-    return np.asarray(_logits(model, jnp.asarray(preprocessing.normalize(pixels))))
+    return np.asarray(_logits(model, jnp.asarray(prep.normalize(pixels))))
 
 
 def main(argv: list[str] | None = None) -> int:

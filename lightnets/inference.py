@@ -5,9 +5,10 @@
     logits = loaded.model(loaded.preprocessing.normalize(pixels[None]))
 
 A weights directory (the converter's output, `checkpoint.save_weights`) expects its reference's
-evaluation preprocessing (the registry's `resolution`, `crop_pct`, `interpolation`, `mean`, `std`);
-a trainer workdir expects its run's (`image_size`, `crop_pct`, `eval_interpolation`, ImageNet mean
-and std). `lightnets.predict` and `lightnets.export` are built on this module.
+evaluation preprocessing (the registry's `resolution`, `crop_pct`, `interpolation`) with the
+normalisation it records; a trainer workdir expects its run's (`image_size`, `crop_pct`,
+`eval_interpolation`, `mean`, `std`): `lightnets.preprocessing`. `lightnets.predict` and
+`lightnets.export` are built on this module.
 """
 
 from __future__ import annotations
@@ -17,52 +18,21 @@ import functools
 import os
 import pathlib
 import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from input_pipeline import transforms
-from lightnets import checkpoint, train
-from lightnets.registry import IMAGENET_MEAN, IMAGENET_STD, model_info
+from lightnets import checkpoint, preprocessing, train
 
 WEIGHTS = ("auto", "raw", "ema")
 _SYNSET = re.compile(r"n\d{8}")  # a WordNet id, what TFDS and ImageNet's folders name classes by
 
 
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side to `image_size / crop_pct`, centre crop, normalise with `mean`, `std`."""
-
-    image_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @functools.cached_property
-    def transform(self) -> transforms.EvalTransform:
-        return transforms.EvalTransform(self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation)
-
-    def read(self, path: str | os.PathLike) -> np.ndarray:
-        """An image file as the model's uint8 RGB input; `transforms.CorruptImage` if unreadable."""
-        return self.transform(pathlib.Path(path).read_bytes())
-
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """RGB pixels (..., H, W, 3), uint8 or float in [0, 255] -> float32, what the model takes."""
-        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        return (images.astype(np.float32) / 255.0 - mean) / std
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 @dataclasses.dataclass
 class Loaded:
     model: nnx.Module  # eval mode, float32
-    preprocessing: Preprocessing
+    preprocessing: preprocessing.Preprocessing
     class_names: list[str]
     description: str  # what was loaded, for messages
     config: dict | None = None  # a trainer run's config
@@ -84,12 +54,6 @@ def class_names(num_classes: int, recorded: list[str] | None = None) -> list[str
     return [str(i) for i in range(num_classes)]
 
 
-def reference_preprocessing(variant: str, image_size: int | None = None) -> Preprocessing:
-    """The evaluation preprocessing of `variant`'s reference weights."""
-    info = model_info(variant)
-    return Preprocessing(image_size or info.resolution, info.crop_pct, info.interpolation, info.mean, info.std)
-
-
 def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
     """The model of a weights directory or of a trainer workdir's latest checkpoint, in float32.
 
@@ -106,9 +70,8 @@ def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
             raise ValueError(f"{target} is a weights directory: it has no EMA weights (weights=raw or auto)")
         model = checkpoint.load_weights(target, dtype=jnp.float32)
         metadata = checkpoint.read_metadata(target)
-        preprocessing = reference_preprocessing(model.variant)
         names = class_names(model.num_classes, metadata.get("class_names"))
-        return Loaded(model, preprocessing, names, f"{model.variant} from {target}")
+        return Loaded(model, preprocessing.of_weights(metadata), names, f"{model.variant} from {target}")
 
     from lightnets import trainer  # the trainer's imports (optimisers, data) only when a run is loaded
 
@@ -125,8 +88,6 @@ def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
     checkpoint.check_finite(weights_of_step, f"the {which} weights of {target} step {step}")
     nnx.update(model, jax.device_get(params), jax.device_get(batch_stats))
     model.eval()
-    preprocessing = Preprocessing(
-        config["image_size"], config["crop_pct"], config["eval_interpolation"], IMAGENET_MEAN, IMAGENET_STD
-    )
     names = class_names(model.num_classes, saved.get("class_names"))
-    return Loaded(model, preprocessing, names, f"{model.variant} from {target} step {step} ({which} weights)", config)
+    description = f"{model.variant} from {target} step {step} ({which} weights)"
+    return Loaded(model, preprocessing.of_run(config), names, description, config)

@@ -1,6 +1,11 @@
 """Optimisers and learning-rate schedules of the seeds' recipes, with PyTorch's and timm's semantics.
 
-    tx = optim.create_optimizer(config, steps_per_epoch=1251, params=nnx.state(model, nnx.Param))
+    schedule = optim.create_schedule("cosine", 0.4, total_steps=112_590, steps_per_epoch=1251, warmup_steps=0,
+                                     warmup_lr=0.0, min_lr=0.0, decay_epochs=2.4, decay_rate=0.97)
+    tx = optim.create_optimizer("sgd", schedule, weight_decay=4e-5, momentum=0.9,
+                                decay_mask=optim.decay_mask(nnx.state(model, nnx.Param)))
+
+The trainer builds both from the config's fields (`trainer.optimizer`, `trainer.schedule`).
 
 Each optimiser does what the PyTorch one of the same name does, update for update (the tests run
 both on the same problem):
@@ -14,8 +19,8 @@ both on the same problem):
 - `lamb`: timm's `Lamb` without its gradient clipping (clip with `grad_clip_norm` instead);
   parameters without weight decay get no trust ratio, as in timm.
 
-Weight decay is masked off BatchNorm parameters and biases (every 1-D parameter) when
-`config.weight_decay_norm_and_bias` is False, as timm's `filter_bias_and_bn` does.
+Weight decay is masked off BatchNorm parameters and biases (every 1-D parameter) by
+`decay_mask` (unless `config.weight_decay_norm_and_bias`), as timm's `filter_bias_and_bn` does.
 
 Schedules are functions of the step: a linear warm-up from `warmup_lr` over `warmup_epochs`,
 then `cosine` (to `min_lr`), `step` (times `decay_rate` every `decay_epochs`: 0.97 every 2.4
@@ -37,43 +42,45 @@ OPTIMIZERS = ("sgd", "rmsprop_tf", "adamw", "lamb")
 SCHEDULES = ("cosine", "step", "exponential", "linear", "constant")
 
 
-def scaled_lr(config) -> float:
-    """The base learning rate for the configured global batch size (linear scaling rule)."""
-    if config.get("lr_base_batch_size", 0) > 0:
-        return config.lr * config.batch_size / config.lr_base_batch_size
-    return config.lr
+# Each optimiser's own epsilon, used when `config.opt_eps` is None: PyTorch's AdamW and timm's
+# Lamb defaults; for rmsprop_tf the EfficientNet papers' 1e-3 (timm's `--opt-eps .001` recipes),
+# not RMSpropTF's 1e-10, since the optimiser is there for those recipes. SGD has none.
+EPSILON = {"rmsprop_tf": 1e-3, "adamw": 1e-8, "lamb": 1e-6}
 
 
-def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
+    """The base learning rate at `batch_size` (linear scaling rule); `base_batch_size` 0: `lr` as it is."""
+    return lr * batch_size / base_batch_size if base_batch_size > 0 else lr
+
+
+def create_schedule(
+    name: str, base_lr: float, total_steps: float, *, steps_per_epoch: int, warmup_steps: int, warmup_lr: float,
+    min_lr: float, decay_epochs: float, decay_rate: float,
+) -> optax.Schedule:  # fmt: skip
     """Learning rate as a function of the optimiser step (warm-up included)."""
-    if config.schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {config.schedule!r}; choose one of {SCHEDULES}")
-    base = scaled_lr(config)
-    total = config.num_train_steps if config.get("num_train_steps", 0) > 0 else config.num_epochs * steps_per_epoch
-    warmup = round(config.get("warmup_epochs", 0) * steps_per_epoch)
-    decay_steps = max(total - warmup, 1)
-    min_lr = config.get("min_lr", 0.0)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+    base, warmup = base_lr, warmup_steps
+    decay_steps = max(total_steps - warmup, 1)
 
-    if config.schedule == "cosine":
+    if name == "cosine":
         main = optax.cosine_decay_schedule(base, decay_steps, alpha=min_lr / base if base else 0.0)
-    elif config.schedule == "linear":
+    elif name == "linear":
         main = optax.linear_schedule(base, min_lr, decay_steps)
-    elif config.schedule == "exponential":
-        main = optax.exponential_decay(base, round(config.decay_epochs * steps_per_epoch), config.decay_rate)
-    elif config.schedule == "step":
+    elif name == "exponential":
+        main = optax.exponential_decay(base, round(decay_epochs * steps_per_epoch), decay_rate)
+    elif name == "step":
 
         def main(step):
             # timm's StepLRScheduler: base * rate ** (epoch // decay_epochs), whole epochs.
             epoch = (step + warmup) // steps_per_epoch
-            return base * config.decay_rate ** jnp.floor(epoch / config.decay_epochs)
+            return base * decay_rate ** jnp.floor(epoch / decay_epochs)
     else:
         main = optax.constant_schedule(base)
 
     if warmup == 0:
         return main
-    return optax.join_schedules(
-        [optax.linear_schedule(config.get("warmup_lr", 0.0), base, warmup), main], boundaries=[warmup]
-    )
+    return optax.join_schedules([optax.linear_schedule(warmup_lr, base, warmup), main], boundaries=[warmup])
 
 
 def decay_mask(params: Any) -> Any:
@@ -92,34 +99,34 @@ def rmsprop_tf(
     )
 
 
-def create_optimizer(config, steps_per_epoch: int, params: Any = None) -> optax.GradientTransformation:
-    """The optimiser of `config`: clipping, weight decay, the update rule and its schedule.
+def create_optimizer(
+    name: str, learning_rate: optax.ScalarOrSchedule, *, weight_decay: float, decay_mask: Any = None,
+    momentum: float = 0.0, nesterov: bool = False, eps: float | None = None, b1: float = 0.9, b2: float = 0.999,
+    rmsprop_decay: float = 0.9, grad_clip_norm: float = 0.0,
+) -> optax.GradientTransformation:  # fmt: skip
+    """Clipping, weight decay and the update rule `name` at `learning_rate`.
 
-    `params` (or their shapes) decide the weight-decay mask; without them decay applies to all.
+    `decay_mask` (a tree of booleans like the parameters, `decay_mask(params)`) spares the False
+    ones from weight decay; None decays all. `eps` None: the optimiser's own (`EPSILON`). The
+    keyword defaults are the update rules' textbook ones; the trainer passes every one from the
+    config (configs/default.py is where a run's defaults live).
     """
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {OPTIMIZERS}")
-    lr = create_schedule(config, steps_per_epoch)
-    wd = config.get("weight_decay", 0.0)
-    mask = None
-    if params is not None and not config.get("weight_decay_norm_and_bias", False):
-        mask = decay_mask(params)
-    momentum = config.get("momentum", 0.9)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    lr, wd, mask = learning_rate, weight_decay, decay_mask
+    eps = EPSILON.get(name) if eps is None else eps
 
-    if config.optimizer == "sgd":
-        coupled = optax.sgd(lr, momentum=momentum or None, nesterov=config.get("nesterov", False))
-    elif config.optimizer == "rmsprop_tf":
-        coupled = rmsprop_tf(
-            lr, decay=config.get("rmsprop_decay", 0.9), eps=config.get("opt_eps", 1e-3), momentum=momentum
-        )
-    elif config.optimizer == "adamw":
-        tx = optax.adamw(lr, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), eps=config.get("opt_eps", 1e-8),
-                         weight_decay=wd, mask=mask)  # fmt: skip
+    if name == "sgd":
+        coupled = optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
+    elif name == "rmsprop_tf":
+        coupled = rmsprop_tf(lr, decay=rmsprop_decay, eps=eps, momentum=momentum)
+    elif name == "adamw":
+        tx = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)
         coupled = None
     else:
         # As timm's Lamb: parameters without weight decay (BatchNorm, biases) get no trust ratio.
         tx = optax.chain(
-            optax.scale_by_adam(b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), eps=config.get("opt_eps", 1e-6)),
+            optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
             optax.add_decayed_weights(wd, mask),
             optax.masked(optax.scale_by_trust_ratio(), mask) if mask is not None else optax.scale_by_trust_ratio(),
             optax.scale_by_learning_rate(lr),
@@ -127,9 +134,8 @@ def create_optimizer(config, steps_per_epoch: int, params: Any = None) -> optax.
         coupled = None
     if coupled is not None:  # PyTorch's SGD and timm's RMSpropTF add the decay to the gradient
         tx = optax.chain(optax.add_decayed_weights(wd, mask) if wd else optax.identity(), coupled)
-    clip = config.get("grad_clip_norm", 0.0)
-    if clip:
-        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    if grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
     return tx
 
 

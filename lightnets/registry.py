@@ -15,11 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-# torchvision's and timm's ImageNet normalisation (RGB in [0, 1]), and the Inception one that
-# TensorFlow-trained weights expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
+from lightnets.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,7 +85,8 @@ def describe(config) -> None:
 
     The forward pass runs in eval mode on the sample photos of `input_pipeline`, jitted.
     """
-    from input_pipeline import sample_photos
+    from input_pipeline import photos
+    from lightnets import preprocessing
 
     info = model_info(config.model)
     dtype = jnp.dtype(config.dtype)
@@ -98,7 +99,7 @@ def describe(config) -> None:
     print(f"cost         {count_macs(model, config.image_size) / 1e6:,.1f} MMACs per image at {config.image_size} px")
     print(f"built in     {built:.1f} s on {jax.devices()[0].platform}")
 
-    images = jnp.asarray(sample_photos(config.image_size))
+    images = jnp.asarray(preprocessing.normalization(config)(photos.sample_pixels(config.image_size)))
     forward = nnx.jit(lambda m, x: m(x))
     t0 = time.perf_counter()
     logits = jax.block_until_ready(forward(model, images))

@@ -27,8 +27,6 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from input_pipeline.photos import IMAGENET_MEAN, IMAGENET_STD
-
 DATA_AXIS = "data"
 # What the train step checks for NaN and infinity, each in a metric `finite_<name>` (1 finite,
 # 0 not), in the order a divergence shows in them: the forward pass's BatchNorm statistics, the
@@ -64,15 +62,6 @@ def make_mesh(devices=None) -> Mesh:
     """A 1-D mesh over all devices (of all hosts), axis `data`."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def normalize_images(images: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """uint8 RGB batches (as they cross to the device) -> normalised `dtype`, on the device.
-
-    The device-side twin of `input_pipeline.photos.normalize`, with the same constants.
-    """
-    x = images.astype(jnp.float32) / 255.0
-    return ((x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)).astype(dtype)
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[TrainState, GraphDefs]:

@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from input_pipeline import datasets, transforms
-from lightnets import augment, checkpoint, optim, train
+from lightnets import augment, checkpoint, optim, preprocessing, train
 from lightnets.registry import create_model, model_info
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -96,7 +96,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         datasets.local_batch_size(config.eval_batch_size)
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set num_epochs or num_train_steps to a positive number")
-    data_transforms(config)  # a bad RandAugment string or interpolation
+    data_transforms(config)  # a bad RandAugment string or interpolation, mean or std, init_from
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A checked copy of `config` with what it leaves to the model made explicit: `mean` and `std`
+    (`preprocessing.normalization`). The run records this copy, so that everything that later reads
+    the run (resuming, evaluation, predict, export) uses the values it trained with."""
+    check_config(config)
+    config = config.copy_and_resolve_references()
+    norm = preprocessing.normalization(config)
+    config.mean, config.std = norm.mean, norm.std
+    return config
 
 
 def _is_number(value) -> bool:
@@ -165,14 +176,14 @@ _RANGES = (
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
     """The configured network, initialised from `config.seed` or from the weights in `init_from`."""
-    options = {k: config[k] for k in ("dropout", "drop_path_rate") if config.get(k) is not None}
+    options = {k: config[k] for k in ("dropout", "drop_path_rate") if config[k] is not None}
     try:
         model = create_model(
             config.model, num_classes=num_classes, dtype=DTYPES[config.dtype], rngs=nnx.Rngs(config.seed), **options
         )
     except TypeError as e:
         raise ValueError(f"{config.model} does not take the options {options}: {e}") from None
-    if config.get("init_from"):
+    if config.init_from:
         _load_initial_weights(model, config.init_from)
     return model
 
@@ -196,7 +207,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     train_transform, eval_transform = data_transforms(config)
     train_source = _source(config, "train")
     eval_source = _source(config, "validation")
-    num_classes = config.get("num_classes") or train_source.num_classes
+    num_classes = config.num_classes or train_source.num_classes
     if num_classes < train_source.num_classes:
         raise ValueError(f"num_classes={num_classes} but {config.dataset} has {train_source.num_classes} classes")
     if len(train_source) < config.batch_size:
@@ -216,6 +227,7 @@ class Steps:
     train_step: Any
     eval_step: Any
     schedule: optax.Schedule
+    normalize: preprocessing.Normalize  # what both steps apply to the uint8 batches
 
 
 def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, steps_per_epoch: int) -> Steps:
@@ -223,13 +235,14 @@ def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, step
 
     `train_and_evaluate` trains with these; `benchmarks/throughput.py` times them.
     """
-    dtype, fsdp = DTYPES[config.dtype], config.get("fsdp", False)
-    tx = optim.create_optimizer(config, steps_per_epoch, params=nnx.state(model, nnx.Param))
+    dtype, fsdp = DTYPES[config.dtype], config.fsdp
+    tx = optimizer(config, steps_per_epoch, params=nnx.state(model, nnx.Param))
     state, graphdefs = train.create_train_state(model, tx)
     state = train.put(state, train.state_sharding(mesh, state, fsdp=fsdp))
-    preprocess = functools.partial(train.normalize_images, dtype=dtype)
-    step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.get("label_smoothing", 0.0),
-                                    ema_decay=config.get("ema_decay", 0.0), preprocess=preprocess,
+    normalize = preprocessing.normalization(config)
+    preprocess = functools.partial(normalize.on_device, dtype=dtype)
+    step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.label_smoothing,
+                                    ema_decay=config.ema_decay, preprocess=preprocess,
                                     batch_augment=batch_augment(config, mesh), seed=config.seed,
                                     fsdp_mesh=mesh if fsdp else None)  # fmt: skip
     return Steps(
@@ -239,16 +252,37 @@ def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, step
         eval_step=train.jit_eval_step(
             train.make_eval_step(graphdefs, preprocess=preprocess, ema=config.ema_decay > 0), mesh, state, fsdp=fsdp
         ),
-        schedule=optim.create_schedule(config, steps_per_epoch),
+        schedule=schedule(config, steps_per_epoch),
+        normalize=normalize,
     )
+
+
+def schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate the config asks for, per optimiser step."""
+    total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    return optim.create_schedule(
+        config.schedule, optim.scaled_lr(config.lr, config.batch_size, config.lr_base_batch_size), total,
+        steps_per_epoch=steps_per_epoch, warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        warmup_lr=config.warmup_lr, min_lr=config.min_lr, decay_epochs=config.decay_epochs,
+        decay_rate=config.decay_rate,
+    )  # fmt: skip
+
+
+def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> optax.GradientTransformation:
+    """The optimiser the config asks for; `params` (or their shapes) decide what weight decay spares."""
+    mask = None if config.weight_decay_norm_and_bias else optim.decay_mask(params)
+    return optim.create_optimizer(
+        config.optimizer, schedule(config, steps_per_epoch), weight_decay=config.weight_decay, decay_mask=mask,
+        momentum=config.momentum, nesterov=config.nesterov, eps=config.opt_eps, b1=config.b1, b2=config.b2,
+        rmsprop_decay=config.rmsprop_decay, grad_clip_norm=config.grad_clip_norm,
+    )  # fmt: skip
 
 
 def batch_augment(config: ml_collections.ConfigDict, mesh) -> augment.BatchAugment | None:
     """The on-device augmentations (random erasing, Mixup, CutMix) the config asks for, or None."""
     aug = augment.BatchAugment(
-        mixup_alpha=config.get("mixup", 0.0), cutmix_alpha=config.get("cutmix", 0.0),
-        prob=config.get("mixup_prob", 1.0), switch_prob=config.get("mixup_switch_prob", 0.5),
-        erase_prob=config.get("reprob", 0.0), groups=mesh.size,
+        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob, erase_prob=config.reprob, groups=mesh.size,
     )  # fmt: skip
     return aug if aug.mixes or aug.erase_prob > 0 else None
 
@@ -258,6 +292,7 @@ def data_transforms(config: ml_collections.ConfigDict) -> tuple[transforms.Train
     train_transform = transforms.TrainTransform(
         config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
         randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
+        fill=preprocessing.normalization(config).fill,
     )  # fmt: skip
     eval_transform = transforms.EvalTransform(
         config.image_size, crop_pct=config.crop_pct, interpolation=config.eval_interpolation, draft=config.jpeg_draft
@@ -267,12 +302,12 @@ def data_transforms(config: ml_collections.ConfigDict) -> tuple[transforms.Train
 
 def _source(config: ml_collections.ConfigDict, split: str):
     return datasets.create_source(config.dataset, split, image_size=config.image_size,
-                                  num_classes=config.get("num_classes"), data_dir=config.get("data_dir"))  # fmt: skip
+                                  num_classes=config.num_classes, data_dir=config.data_dir)  # fmt: skip
 
 
 def _workers(config: ml_collections.ConfigDict) -> int:
     """Data worker processes for this host: -1 is one per core."""
-    workers = config.get("data_workers", 0)
+    workers = config.data_workers
     return (os.cpu_count() or 1) if workers < 0 else workers
 
 
@@ -295,7 +330,7 @@ def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[st
     `skipped` counts the unreadable images, left out of the averages.
     """
     totals, skipped = None, 0
-    batch_size = config.get("eval_batch_size") or config.batch_size
+    batch_size = config.eval_batch_size or config.batch_size
     batches = datasets.eval_batches(source, global_batch_size=batch_size, transform=transform,
                                     workers=_workers(config), threads=config.data_threads)  # fmt: skip
     for batch in batches:
@@ -413,16 +448,17 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     """Trains as `config` says, resuming from `workdir` when it holds a checkpoint; returns the final state."""
     workdir = pathlib.Path(workdir).absolute()
+    config = resolve_config(config)
     s = setup(config)
-    mesh, fsdp = s.mesh, config.get("fsdp", False)
+    mesh, fsdp = s.mesh, config.fsdp
     steps = build_steps(config, s.model, mesh, s.steps_per_epoch)
     state, train_step, eval_step, schedule = steps.state, steps.train_step, steps.eval_step, steps.schedule
     data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed,
                                    transform=s.train_transform, workers=_workers(config),
                                    threads=config.data_threads)  # fmt: skip
 
-    ema = config.get("ema_decay", 0.0) > 0
-    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.get("keep_checkpoints", 3),
+    ema = config.ema_decay > 0
+    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                                       best_metric="ema_top1" if ema else "top1", lock=True)  # fmt: skip
     try:
         state, run = _resume(ckpts, config, _run_metadata(config, s.model, s.train_source.class_names), state, data)
@@ -445,11 +481,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     logging.info("Training %s on %s: %d steps of %d images (%d per epoch) on %s", config.model, config.dataset,
                  s.num_train_steps, config.batch_size, s.steps_per_epoch, devices)  # fmt: skip
 
-    log_every = config.get("log_every_steps", 50)
-    checkpoint_every = config.get("checkpoint_every_steps", 0) or s.steps_per_epoch
-    eval_epochs = config.get("eval_every_epochs", 1)
+    log_every = config.log_every_steps
+    checkpoint_every = config.checkpoint_every_steps or s.steps_per_epoch
+    eval_epochs = config.eval_every_epochs
     eval_every = max(1, round(eval_epochs * s.steps_per_epoch)) if eval_epochs > 0 else s.num_train_steps
-    profile_steps = config.get("profile_steps", 0)
+    profile_steps = config.profile_steps
     profile_start = step + 5 if profile_steps else None  # after compilation and warm-up
     progress = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch, eval_every)
     stop, pending = _StopRequest(), []
@@ -583,12 +619,32 @@ RESUMABLE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoin
                     "allow_config_change")  # fmt: skip
 
 
+# What a run saved before a field existed did in its place, where that is not the field's default:
+# every run normalised with ImageNet's mean and std before `mean`/`std` were fields.
+_BEFORE_THE_FIELD = {"mean": list(preprocessing.IMAGENET_MEAN), "std": list(preprocessing.IMAGENET_STD)}
+
+
+def _as_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(json.dumps(config.to_dict()))  # tuples become lists, as in the saved metadata
+
+
+def saved_config(saved: dict) -> ml_collections.ConfigDict:
+    """A run's config from its checkpoint metadata, with the fields it predates filled in as it ran."""
+    from configs import default
+
+    return ml_collections.ConfigDict({**_as_saved(default.get_config()), **_BEFORE_THE_FIELD, **saved["config"]})
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """The fields whose values differ between a run's saved config and `config`: field -> (old, new)."""
-    new = json.loads(json.dumps(config.to_dict()))  # as it was saved: tuples are lists
+    """The fields whose values differ between a run's saved config and `config`: field -> (old, new).
+
+    A field the saved run predates counts as what the run did without it (its default, or
+    `_BEFORE_THE_FIELD`), so that adding a field to configs/default.py does not refuse old runs.
+    """
+    new, old = _as_saved(config), _as_saved(saved_config({"config": saved}))
     absent = "(absent)"
-    return {k: (saved.get(k, absent), new.get(k, absent)) for k in sorted(saved.keys() | new.keys())
-            if saved.get(k, absent) != new.get(k, absent)}  # fmt: skip
+    return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys())
+            if old.get(k, absent) != new.get(k, absent)}  # fmt: skip
 
 
 def _resume(ckpts: checkpoint.RunCheckpoints, config, run: dict, state, data) -> tuple[train.TrainState, dict]:
@@ -609,7 +665,7 @@ def _resume(ckpts: checkpoint.RunCheckpoints, config, run: dict, state, data) ->
         changes.clear()
         changes.update(config_changes(saved["config"], config))
         refused = [k for k in changes if k not in RESUMABLE_FIELDS]
-        if refused and not config.get("allow_config_change", False):
+        if refused and not config.allow_config_change:
             listed = ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
             raise ValueError(
                 f"{workdir} holds a run with other settings: {listed}; resume with the run's own, use another "
@@ -693,7 +749,7 @@ def restore_run(
     def like(saved: dict) -> train.TrainState:
         model = create_model(saved["model"], num_classes=saved["num_classes"], dtype=dtype)
         # The optimiser's structure, which the restore needs, does not depend on the schedule's length.
-        tx = optim.create_optimizer(ml_collections.ConfigDict(saved["config"]), 1, params=nnx.state(model, nnx.Param))
+        tx = optimizer(saved_config(saved), 1, params=nnx.state(model, nnx.Param))
         state, built["graphdefs"] = train.create_train_state(model, tx)
         built["model"] = model
         return train.put(state, train.state_sharding(mesh, state))
@@ -725,12 +781,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
         state, graphdefs = train.create_train_state(model, optax.identity())
         state = train.put(state, train.state_sharding(mesh, state))
         what, ema = f"weights {target}", False
+        normalize = preprocessing.of_weights(checkpoint.read_metadata(target)).normalize
     else:
         model, state, graphdefs, step, saved = restore_run(target, mesh, dtype)
-        what, ema = f"{target} step {step}", saved["config"].get("ema_decay", 0.0) > 0
+        what, ema = f"{target} step {step}", saved_config(saved).ema_decay > 0
+        normalize = preprocessing.of_run(saved["config"]).normalize
     if model.num_classes < source.num_classes:
         raise ValueError(f"{what} has {model.num_classes} classes, {config.dataset} has {source.num_classes}")
-    preprocess = functools.partial(train.normalize_images, dtype=dtype)
+    # The network is fed what it was trained on, whatever this config's own mean and std.
+    preprocess = functools.partial(normalize.on_device, dtype=dtype)
     eval_step = train.jit_eval_step(train.make_eval_step(graphdefs, preprocess=preprocess, ema=ema), mesh, state)
     metrics = run_evaluation(eval_step, state, source, config, mesh, data_transforms(config)[1])
     logging.info("Evaluated %s on %s (%d images): %s", what, config.dataset, len(source), _eval_line(metrics, ema))

@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 import lightnets
-from input_pipeline import sample_photos
-from lightnets import checkpoint, convert
+from input_pipeline import photos as shipped_photos
+from lightnets import checkpoint, convert, preprocessing
 from tests.conftest import SMALLEST, run_command
 
 torch = pytest.importorskip("torch")
@@ -34,7 +34,7 @@ SLOW_VARIANTS = [pytest.param(n, marks=pytest.mark.slow) for n in lightnets.list
 
 @functools.cache
 def photos(size=64):
-    return sample_photos(size, views=4)
+    return preprocessing.IMAGENET(shipped_photos.sample_pixels(size, views=4))
 
 
 @functools.cache

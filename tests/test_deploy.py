@@ -19,9 +19,9 @@ from PIL import Image
 
 import lightnets
 from input_pipeline import datasets, photos
-from lightnets import checkpoint, convert, export, inference, predict
+from lightnets import checkpoint, convert, export, inference, predict, preprocessing
 from lightnets.layers import BatchNorm
-from lightnets.registry import IMAGENET_MEAN, IMAGENET_STD, model_info
+from lightnets.registry import model_info
 from tests.conftest import SMALLEST, run_command
 
 SIZE = 32  # export tests: the smallest input every family takes
@@ -50,7 +50,7 @@ def realistic(model: nnx.Module, size: int) -> nnx.Module:
             last = module.bn3 if hasattr(module, "bn3") else module.bn2
             last.scale.set_value(last.scale[...] * 0.2)
     model.train()
-    nnx.jit(lambda m, x: m(x))(model, jnp.asarray(photos.sample_photos(size, views=4)))
+    nnx.jit(lambda m, x: m(x))(model, jnp.asarray(preprocessing.IMAGENET(photos.sample_pixels(size, views=4))))
     for _, module in nnx.iter_modules(model):
         if isinstance(module, BatchNorm):
             module.momentum = 0.1
@@ -103,7 +103,7 @@ def test_predict_prints_the_classes_the_reference_predicts(tmp_path, capsys):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = None
         reference.train()
-        reference(torch.from_numpy(photos.sample_photos(96, views=4).transpose(0, 3, 1, 2)))
+        reference(torch.from_numpy(preprocessing.IMAGENET(photos.sample_pixels(96, views=4)).transpose(0, 3, 1, 2)))
         reference.eval()
     torch.save(reference.state_dict(), tmp_path / "reference.pth")
     weights = tmp_path / "weights"
@@ -115,7 +115,7 @@ def test_predict_prints_the_classes_the_reference_predicts(tmp_path, capsys):
     assert predict.main(["--checkpoint", str(weights), "--batch_size", "4", str(tmp_path / "photos")]) == 0
     out = capsys.readouterr().out
 
-    prep = inference.reference_preprocessing(variant)
+    prep = preprocessing.reference(variant)
     pixels = np.stack([prep.read(f) for f in sorted(files)])
     with torch.no_grad():
         logits = reference(torch.from_numpy(prep.normalize(pixels).transpose(0, 3, 1, 2))).numpy()
@@ -183,7 +183,7 @@ def test_predict_refuses_nonfinite_weights_instead_of_printing_nan(tmp_path, cap
     # A model that computes nans all the same (here one built in memory, never loaded): an error, not "nan%".
     model = _nonfinite_model()
     model.eval()
-    loaded = inference.Loaded(model, inference.reference_preprocessing("mobilenet_v1_025", SIZE), ["a", "b", "c"], "m")
+    loaded = inference.Loaded(model, preprocessing.reference("mobilenet_v1_025", SIZE), ["a", "b", "c"], "m")
     with pytest.raises(ValueError, match=f"non-finite probabilities .* for {photo}"):
         predict.predict(loaded, [photo])
 
@@ -199,7 +199,7 @@ def logits(loaded: inference.Loaded, pixels: np.ndarray) -> np.ndarray:
 @functools.cache
 def _loaded(variant: str, num_classes: int = 1000) -> inference.Loaded:
     model = realistic(lightnets.create_model(variant, num_classes=num_classes, dtype=jnp.float32), SIZE)
-    prep = inference.reference_preprocessing(variant, SIZE)
+    prep = preprocessing.reference(variant, SIZE)
     return inference.Loaded(model, prep, inference.class_names(num_classes), variant)
 
 
@@ -346,8 +346,7 @@ def trained_on_digits():
     model = lightnets.create_model(config.model, num_classes=10, dtype=jnp.float32)
     nnx.update(model, *jax.device_get((state.params, state.batch_stats)))
     model.eval()
-    prep = inference.Preprocessing(config.image_size, config.crop_pct, config.eval_interpolation, IMAGENET_MEAN,
-                                   IMAGENET_STD)  # fmt: skip
+    prep = preprocessing.of_run(trainer.resolve_config(config))
     return inference.Loaded(model, prep, inference.class_names(10), "mobilenet_v1_025 (digits)")
 
 

@@ -19,7 +19,7 @@ import torchvision  # noqa: F401  before TensorFlow (the TFDS build): the other 
 from PIL import Image
 
 from input_pipeline import datasets, photos, prepare, sources, transforms
-from lightnets import augment
+from lightnets import augment, preprocessing
 from tests.conftest import run_command
 
 CLASSES = ("n01440764", "n01443537", "n01484850")  # sorted: class index = position
@@ -354,7 +354,7 @@ def test_randaugment_ops_are_timms(name, monkeypatch):
     from timm.data import auto_augment as timm_aa
 
     image = Image.fromarray(photos.load_photos()["china"]).resize((64, 48))
-    hparams = {"translate_const": 100, "img_mean": transforms.RandAugment("rand-m9", 64).fill}
+    hparams = {"translate_const": 100, "img_mean": preprocessing.IMAGENET.fill}
     for negate in (False, True):
         # timm flips its sign coin with random.random() > 0.5.
         monkeypatch.setattr(random, "random", lambda negate=negate: 1.0 if negate else 0.0)
@@ -367,11 +367,11 @@ def test_randaugment_ops_are_timms(name, monkeypatch):
 
 
 def test_randaugment_config_string():
-    ra = transforms.RandAugment("rand-m9-mstd0.5", 224)
+    ra = transforms.RandAugment("rand-m9-mstd0.5")
     assert (ra.magnitude, ra.std, ra.num_layers, ra.prob, ra.ops) == (9, 0.5, 2, 0.5, transforms.RAND_TRANSFORMS)
-    assert transforms.RandAugment("rand-m7-n3-inc1-mstd101", 224).std == float("inf")
+    assert transforms.RandAugment("rand-m7-n3-inc1-mstd101").std == float("inf")
     with pytest.raises(ValueError, match="cannot read 'x9'"):
-        transforms.RandAugment("rand-x9", 224)
+        transforms.RandAugment("rand-x9")
     image = Image.fromarray(photos.load_photos()["china"]).resize((64, 48))
     outs = [np.asarray(ra(image, np.random.default_rng(s))) for s in range(8)]
     assert sum(not np.array_equal(o, np.asarray(image)) for o in outs) >= 4  # P(no op applies) = 1/4

@@ -2,12 +2,12 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from lightnets import optim
+from configs import default
+from lightnets import optim, trainer
 
 torch = pytest.importorskip("torch")
 timm_optim = pytest.importorskip("timm.optim")
@@ -15,28 +15,10 @@ timm_scheduler = pytest.importorskip("timm.scheduler")
 
 
 def _config(**overrides):
-    config = ml_collections.ConfigDict(
-        {
-            "optimizer": "sgd",
-            "lr": 0.1,
-            "lr_base_batch_size": 0,
-            "batch_size": 256,
-            "momentum": 0.9,
-            "nesterov": False,
-            "weight_decay": 0.01,
-            "weight_decay_norm_and_bias": False,
-            "opt_eps": 1e-3,
-            "schedule": "cosine",
-            "warmup_epochs": 2,
-            "warmup_lr": 0.01,
-            "min_lr": 0.0,
-            "decay_epochs": 2.4,
-            "decay_rate": 0.97,
-            "num_epochs": 8,
-            "num_train_steps": 0,
-            "grad_clip_norm": 0.0,
-        }
-    )
+    """configs/default.py's fields, as the trainer builds optimisers from them, for a small problem."""
+    config = default.get_config()
+    config.update(optimizer="sgd", lr=0.1, lr_base_batch_size=0, batch_size=256, weight_decay=0.01,
+                  schedule="cosine", warmup_epochs=2.0, warmup_lr=0.01, num_epochs=8.0, num_train_steps=0)  # fmt: skip
     config.update(overrides)
     return config
 
@@ -47,9 +29,11 @@ def _torch_optimizer(config, decay, no_decay):
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer == "rmsprop_tf":
         return timm_optim.RMSpropTF(groups, lr=config.lr, alpha=0.9, eps=config.opt_eps, momentum=config.momentum)
+    # Their own epsilons unless the config sets one: opt_eps None must mean the same.
+    eps = {} if config.opt_eps is None else {"eps": config.opt_eps}
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, eps=config.opt_eps)
-    return timm_optim.Lamb(groups, lr=config.lr, eps=config.opt_eps, max_grad_norm=None)
+        return torch.optim.AdamW(groups, lr=config.lr, **eps)
+    return timm_optim.Lamb(groups, lr=config.lr, max_grad_norm=None, **eps)
 
 
 @pytest.mark.parametrize(
@@ -58,9 +42,10 @@ def _torch_optimizer(config, decay, no_decay):
         ("sgd", {}),
         ("sgd", {"nesterov": True}),
         ("sgd", {"momentum": 0.0}),
-        ("rmsprop_tf", {}),
-        ("adamw", {"opt_eps": 1e-8}),
-        ("lamb", {"opt_eps": 1e-6}),
+        ("rmsprop_tf", {"opt_eps": 1e-3}),  # the EfficientNet recipes' (configs/efficientnetv2.py)
+        ("adamw", {}),  # the defaults: AdamW's epsilon is PyTorch's 1e-8, not RMSpropTF's 1e-3
+        ("lamb", {}),
+        ("adamw", {"opt_eps": 1e-3}),
     ],
 )
 def test_updates_equal_pytorch(optimizer, extra):
@@ -71,8 +56,8 @@ def test_updates_equal_pytorch(optimizer, extra):
     params = {"kernel": rng.normal(size=(4, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32)}
     grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(12)]
 
-    schedule = optim.create_schedule(config, steps_per_epoch)
-    tx = optim.create_optimizer(config, steps_per_epoch, params)
+    schedule = trainer.schedule(config, steps_per_epoch)
+    tx = trainer.optimizer(config, steps_per_epoch, params)
     ours = jax.tree.map(jnp.asarray, params)
     state = tx.init(ours)
     theirs = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
@@ -95,7 +80,7 @@ def test_step_schedule_is_timms():
     """0.97 every 2.4 epochs, counted in whole epochs, after a linear warm-up from warmup_lr."""
     config = _config(schedule="step", warmup_epochs=3, warmup_lr=1e-4, num_epochs=20)
     steps_per_epoch = 5
-    schedule = optim.create_schedule(config, steps_per_epoch)
+    schedule = trainer.schedule(config, steps_per_epoch)
 
     def timm_step(**kwargs):
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
@@ -115,7 +100,7 @@ def test_step_schedule_is_timms():
 
 def test_cosine_warms_up_then_decays_to_min_lr():
     config = _config(schedule="cosine", warmup_epochs=1, warmup_lr=0.0, min_lr=1e-3, num_epochs=10)
-    schedule = optim.create_schedule(config, steps_per_epoch=10)
+    schedule = trainer.schedule(config, steps_per_epoch=10)
     assert schedule(0) == 0.0
     np.testing.assert_allclose(schedule(5), 0.05, rtol=1e-6)
     np.testing.assert_allclose(schedule(10), 0.1, rtol=1e-6)
@@ -124,8 +109,10 @@ def test_cosine_warms_up_then_decays_to_min_lr():
 
 
 def test_learning_rate_scales_with_the_batch():
-    assert optim.scaled_lr(_config(lr=0.1, lr_base_batch_size=256, batch_size=1024)) == pytest.approx(0.4)
-    assert optim.scaled_lr(_config(lr=0.1, lr_base_batch_size=0, batch_size=1024)) == pytest.approx(0.1)
+    assert optim.scaled_lr(0.1, 1024, 256) == pytest.approx(0.4)
+    assert optim.scaled_lr(0.1, 1024, 0) == pytest.approx(0.1)
+    schedule = trainer.schedule(_config(lr=0.1, lr_base_batch_size=256, batch_size=1024, warmup_epochs=0.0), 10)
+    assert schedule(0) == pytest.approx(0.4)
 
 
 def test_weight_decay_spares_batchnorm_and_biases_unless_asked():
@@ -134,7 +121,7 @@ def test_weight_decay_spares_batchnorm_and_biases_unless_asked():
     for include, expected_bn in ((False, 1.0), (True, 0.9)):
         config = _config(optimizer="sgd", momentum=0.0, lr=1.0, weight_decay=0.1, schedule="constant", warmup_epochs=0)
         config.weight_decay_norm_and_bias = include
-        tx = optim.create_optimizer(config, 1, params)
+        tx = trainer.optimizer(config, 1, params)
         updates, _ = tx.update(zero, tx.init(params), params)
         new = optax.apply_updates(params, updates)
         np.testing.assert_allclose(new["conv"]["kernel"], 0.9)
@@ -143,6 +130,6 @@ def test_weight_decay_spares_batchnorm_and_biases_unless_asked():
 
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown optimizer 'adam'.*rmsprop_tf"):
-        optim.create_optimizer(_config(optimizer="adam"), 1)
+        optim.create_optimizer("adam", 0.1, weight_decay=0.0)
     with pytest.raises(ValueError, match=r"unknown schedule 'cos'.*cosine"):
-        optim.create_schedule(_config(schedule="cos"), 1)
+        trainer.schedule(_config(schedule="cos"), 1)

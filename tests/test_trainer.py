@@ -22,7 +22,8 @@ from flax import nnx
 import lightnets
 from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, quickstart, shufflenetv2
 from input_pipeline import datasets
-from lightnets import augment, checkpoint, optim, train, trainer
+from lightnets import augment, checkpoint, preprocessing, train, trainer
+from lightnets.layers import BatchNorm
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -247,10 +248,12 @@ def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tm
     model = lightnets.create_model(config.model, num_classes=10, dtype=jnp.bfloat16)
     model.eval()
     nnx.update(model, state.params, state.batch_stats)
-    checkpoint.save_weights(model, tmp_path / "weights")
+    run = trainer.resolve_config(config)
+    checkpoint.save_weights(model, tmp_path / "weights", mean=run.mean, std=run.std)
     from_weights = trainer.evaluate(config, None, str(tmp_path / "weights"))
     source = datasets.create_source("digits", "validation", image_size=config.image_size)
-    logits = nnx.jit(lambda m, x: m(x))(model, train.normalize_images(jnp.asarray(source.images), jnp.bfloat16))
+    normalize = preprocessing.Normalize(run.mean, run.std)
+    logits = nnx.jit(lambda m, x: m(x))(model, normalize.on_device(jnp.asarray(source.images), jnp.bfloat16))
     direct = float(np.mean(np.argmax(np.asarray(logits, np.float32), -1) == source.labels))
     assert len(source) % config.batch_size != 0
     assert from_weights["top1"] == pytest.approx(direct, abs=2 / len(source))
@@ -263,7 +266,7 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
     the run's data set by default."""
     from PIL import Image
 
-    from lightnets import export, inference, predict
+    from lightnets import export, predict
 
     workdir, state = uninterrupted
     config = tiny()
@@ -277,8 +280,7 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
     model = lightnets.create_model(config.model, num_classes=10, dtype=jnp.float32)
     model.eval()
     nnx.update(model, state.ema_params, state.ema_batch_stats)
-    prep = inference.Preprocessing(config.image_size, config.crop_pct, config.eval_interpolation,
-                                   inference.IMAGENET_MEAN, inference.IMAGENET_STD)  # fmt: skip
+    prep = preprocessing.of_run(trainer.resolve_config(config))
     pixels = np.stack([prep.read(p) for p in paths])
     expected = np.argmax(np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(prep.normalize(pixels)))), -1)
     assert re.findall(r"1\.\s+\S+%\s+(\d) \((\d)\)", out) == [(str(c), str(c)) for c in expected]
@@ -290,6 +292,7 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
     sidecar = json.loads(output.with_name("run.tflite.json").read_text())
     assert sidecar["class_names"] == [str(i) for i in range(10)]
     assert sidecar["preprocessing"]["image_size"] == config.image_size
+    assert sidecar["preprocessing"]["mean"] == [0.5] * 3  # what the run trained with: mobilenet_v1's reference
     assert "EMA weights" in sidecar["source"]
 
 
@@ -299,6 +302,44 @@ def test_fine_tune_from_a_converter_checkpoint_with_a_new_head(tmp_path):
     model = trainer.build_model(tiny(init_from=str(tmp_path / "imagenet")), num_classes=10)
     np.testing.assert_array_equal(model.conv_stem.kernel[...], source.conv_stem.kernel[...])
     assert model.classifier.kernel.shape[-1] == 10
+
+
+def test_a_fine_tune_feeds_the_network_what_its_weights_were_trained_on(tmp_path):
+    """Weights trained on 0.5/0.5 (as timm's mobilenetv1_* and the TensorFlow-ported EfficientNetV2s
+    are), of a variant whose reference normalises with ImageNet's: the run, its evaluation and what
+    it records use the weights' normalisation, not the variant's nor ImageNet's."""
+    source = lightnets.create_model("mobilenet_v2_035", num_classes=10, dtype=jnp.float32, rngs=nnx.Rngs(3))
+    digits = datasets.create_source("digits", "train", image_size=16).images[:256]
+    # As if trained on 0.5/0.5 inputs: BatchNorm statistics of such inputs (momentum 1 keeps the
+    # last batch's), else a random network's features are dead and its logits ignore the input.
+    for _, module in nnx.iter_modules(source):
+        if isinstance(module, BatchNorm):
+            module.momentum = 1.0
+    nnx.jit(lambda m, x: m(x))(source, jnp.asarray(preprocessing.Normalize((0.5,) * 3, (0.5,) * 3)(digits)))
+    for _, module in nnx.iter_modules(source):
+        if isinstance(module, BatchNorm):
+            module.momentum = 0.1
+    checkpoint.save_weights(source, tmp_path / "w", mean=preprocessing.INCEPTION_MEAN, std=preprocessing.INCEPTION_STD)
+    config = trainer.resolve_config(tiny(model="mobilenet_v2_035", init_from=str(tmp_path / "w"), dtype="float32"))
+    assert (config.mean, config.std) == (preprocessing.INCEPTION_MEAN, preprocessing.INCEPTION_STD)
+    assert trainer.resolve_config(tiny(model="mobilenet_v2_035")).mean == preprocessing.IMAGENET_MEAN  # its reference
+
+    s = trainer.setup(config)
+    steps = trainer.build_steps(config, s.model, s.mesh, s.steps_per_epoch)
+    images, labels = s.eval_source.images[:32], s.eval_source.labels[:32].astype(np.int32)
+    batch = trainer._global(s.mesh, {"image": images, "label": labels, "valid": np.ones(32, np.float32)})
+    sums = jax.device_get(steps.eval_step(steps.state, batch["image"], batch["label"], batch["valid"]))
+    source.eval()
+
+    def loss(normalize):
+        logits = np.asarray(nnx.jit(lambda m, x: m(x))(source, jnp.asarray(normalize(images))), np.float64)
+        return float(-np.sum(jax.nn.log_softmax(logits)[np.arange(32), labels]))
+
+    fed, imagenet = loss(preprocessing.Normalize(config.mean, config.std)), loss(preprocessing.IMAGENET)
+    # float32 round-off over a different summation order (8-way sharded, other convolution
+    # formulations): ~1e-6 of the loss; feeding ImageNet's normalisation changes it by O(1).
+    assert float(sums["loss"]) == pytest.approx(fed, rel=1e-4)
+    assert abs(imagenet - fed) > 0.05 * fed
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -502,7 +543,7 @@ def test_two_processes_train_together_and_the_checkpoint_restores_in_one(tmp_pat
 
     # One process, 8 devices: the checkpoint both wrote restores to the same parameters.
     s = trainer.setup(config)
-    tx = optim.create_optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
+    tx = trainer.optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
     state, _ = train.create_train_state(s.model, tx)
     restored = checkpoint.RunCheckpoints(tmp_path / "checkpoints").restore(6, state)
     assert trainer.fingerprint(restored.params) == prints[0][0]

@@ -22,7 +22,8 @@ from flax import nnx
 
 from lightnets.blocks import FusedMBConv, InvertedResidual, MBNet, Stage, stage
 from lightnets.layers import ConvBnAct, Layers, make_divisible
-from lightnets.registry import INCEPTION_MEAN, INCEPTION_STD, register_model
+from lightnets.preprocessing import INCEPTION_MEAN, INCEPTION_STD
+from lightnets.registry import register_model
 
 Conv = functools.partial(ConvBnAct, residual=True)  # stage 1: Fused-MBConv without expansion
 Fused = FusedMBConv

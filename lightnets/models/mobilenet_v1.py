@@ -16,7 +16,8 @@ from flax import nnx
 
 from lightnets.blocks import DepthwiseSeparable, MBNet, stage
 from lightnets.layers import Layers, make_divisible
-from lightnets.registry import INCEPTION_MEAN, INCEPTION_STD, register_model
+from lightnets.preprocessing import INCEPTION_MEAN, INCEPTION_STD
+from lightnets.registry import register_model
 
 # The paper's Table 1 as stages: depthwise-separable blocks with an activation after the
 # pointwise convolution and no residual.
