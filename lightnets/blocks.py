@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lightnets.layers import (
@@ -175,7 +177,80 @@ def stage(block: type, repeats: int, kernel: int, stride: int, channels: int, **
     return Stage(block, repeats, kernel, stride, channels, options)
 
 
-class MBNet(nnx.Module):
+# A PyTorch layout: given a network, its namer (a module's state path -> the PyTorch module name).
+Namer = Callable[[tuple], str]
+
+
+class ClassifierHead:
+    """The head API every family shares (timm's): `forward_head`, `__call__`, `num_classes`,
+    `reset_classifier`, and `HEAD`, the attribute (and first key of the state paths) of the
+    classifier, which fine-tuning on another class count leaves out.
+
+    A family sets `num_features`, `dtype`, `param_dtype`, its classifier (a `Linear`, or None for
+    none) under `HEAD`, optionally `dropout` (applied to the pooled features), and the class
+    attributes `HEAD` and `TORCH_LAYOUTS` (layout name -> a function of the network giving its
+    `Namer`), which `lightnets.convert` uses.
+    """
+
+    HEAD: ClassVar[str] = "classifier"
+    TORCH_LAYOUTS: ClassVar[dict[str, Callable[[Any], Namer]]] = {}
+
+    def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
+        """Pool, dropout and classify a feature map; `pre_logits=True` stops before the classifier."""
+        x = global_avg_pool(x)
+        if getattr(self, "dropout", None) is not None:
+            x = self.dropout(x)
+        classifier = getattr(self, self.HEAD)
+        if pre_logits or classifier is None:
+            return x
+        return classifier(x).astype(jnp.float32)
+
+    def __call__(self, x: Array) -> Array:
+        """Logits (float32) for NHWC images, normalised as the weights expect (`lightnets.preprocessing`)."""
+        return self.forward_head(self.forward_features(x))
+
+    @property
+    def num_classes(self) -> int:
+        """Size of the classifier, 0 without one."""
+        classifier = getattr(self, self.HEAD)
+        return 0 if classifier is None else int(classifier.kernel.shape[1])
+
+    def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
+        """Replaces the classifier with a freshly initialised one (0: no classifier)."""
+        layers = Layers(rngs=rngs, dtype=self.dtype, param_dtype=self.param_dtype)
+        setattr(self, self.HEAD, layers.linear(self.num_features, num_classes) if num_classes else None)
+
+    @classmethod
+    def is_head(cls, path: tuple) -> bool:
+        """Whether a state path belongs to the classifier (whose size is the class count)."""
+        return bool(path) and path[0] == cls.HEAD
+
+
+def dotted_names(model: Any) -> Namer:
+    """timm's layout: our attribute names are timm's, the path joined with dots."""
+    return lambda path: ".".join(map(str, path))
+
+
+def torchvision_mbnet_names(model: MBNet, blocks: dict[type, dict[str, str]], *, flat: bool) -> Namer:
+    """torchvision's MobileNetV2 (`flat`: blocks numbered through `features`) and EfficientNetV2
+    (one Sequential per stage) layouts of an `MBNet`; `blocks` maps each block type's attributes to
+    its positions inside torchvision's block."""
+    stage_starts = np.cumsum([0] + [len(stage) for stage in model.blocks]).tolist()
+    head = stage_starts[-1] + 1 if flat else len(model.blocks) + 1
+    top = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": f"features.{head}.0",
+           "bn2": f"features.{head}.1", "classifier": "classifier.1"}  # fmt: skip
+
+    def name(path: tuple) -> str:
+        if path[0] != "blocks":
+            return top[path[0]]
+        s, i, *inner = path[1:]
+        prefix = f"features.{stage_starts[s] + i + 1}" if flat else f"features.{s + 1}.{i}"
+        return f"{prefix}.{blocks[type(model.blocks[s][i])]['.'.join(inner)]}"
+
+    return name
+
+
+class MBNet(ClassifierHead, nnx.Module):
     """Stem conv -> stages of blocks -> optional 1x1 head conv -> pool -> dropout -> classifier.
 
     Args:
@@ -246,24 +321,3 @@ class MBNet(nnx.Module):
         if self.conv_head is not None:
             x = self.act(self.bn2(self.conv_head(x)))
         return x
-
-    def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
-        """Pool, dropout and classify a feature map; `pre_logits=True` stops before the classifier."""
-        x = self.dropout(global_avg_pool(x))
-        if pre_logits or self.classifier is None:
-            return x
-        return self.classifier(x).astype("float32")
-
-    def __call__(self, x: Array) -> Array:
-        """Logits (float32) for NHWC images normalised with the ImageNet mean and std."""
-        return self.forward_head(self.forward_features(x))
-
-    @property
-    def num_classes(self) -> int:
-        """Size of the classifier, 0 without one."""
-        return 0 if self.classifier is None else int(self.classifier.kernel.shape[1])
-
-    def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
-        """Replaces the classifier with a freshly initialised one (0: no classifier)."""
-        layers = Layers(rngs=rngs, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.classifier = layers.linear(self.num_features, num_classes) if num_classes else None

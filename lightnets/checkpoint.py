@@ -52,11 +52,6 @@ LOCK = "lightnets.lock"  # in a trainer workdir
 _WEIGHTS = (nnx.Param, nnx.BatchStat)
 
 
-def is_head(path: tuple) -> bool:
-    """Whether a state path belongs to the classifier (its size is the class count)."""
-    return path[0] in ("classifier", "fc")
-
-
 class NonFiniteError(ValueError):
     """Weights hold a nan or an inf; the message names the arrays."""
 

@@ -7,7 +7,8 @@ A conversion is a rename plus a layout change: convolution kernels OIHW <-> HWIO
 `[C, 1, k, k]` is `[k, k, 1, C]`), linear weights transposed, BatchNorm `weight, bias,
 running_mean, running_var, num_batches_tracked` <-> `scale, bias, mean, var, num_batches_tracked`.
 The rename is timm's names unchanged for the networks timm builds (our attribute names are
-timm's), and a fixed table per block type for torchvision's `nn.Sequential` indices.
+timm's), and for torchvision's `nn.Sequential` indices the family's own name map (each family
+class's `TORCH_LAYOUTS`, in lightnets/models/): this module knows no family.
 
 A checkpoint that does not fit the network is refused before anything is loaded, with every
 missing and unexpected key and every shape that differs; so are weights holding a nan or an inf,
@@ -26,7 +27,7 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -35,11 +36,9 @@ import numpy as np
 from flax import nnx
 
 from lightnets import checkpoint, cli, preprocessing
-from lightnets.blocks import DepthwiseSeparable, FusedMBConv, InvertedResidual
-from lightnets.checkpoint import check_finite, is_head
-from lightnets.layers import BatchNorm, Conv2d, ConvBnAct, Linear
-from lightnets.models import EfficientNetV2, MobileNetV1, MobileNetV2, ShuffleNetV2
-from lightnets.registry import create_model, model_info
+from lightnets.checkpoint import check_finite
+from lightnets.layers import BatchNorm, Conv2d, Linear
+from lightnets.registry import create_model, forward, model_info
 
 PROG = "python -m lightnets.convert"
 LAYOUTS = ("torchvision", "timm")
@@ -57,35 +56,6 @@ _VARIABLES = {
     },
 }
 
-# torchvision's nn.Sequential positions of our block attributes, per block type.
-_TORCHVISION_MOBILENET_V2 = {
-    DepthwiseSeparable: {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"},
-    InvertedResidual: {
-        "conv_pw": "conv.0.0",
-        "bn1": "conv.0.1",
-        "conv_dw": "conv.1.0",
-        "bn2": "conv.1.1",
-        "conv_pwl": "conv.2",
-        "bn3": "conv.3",
-    },
-}
-_TORCHVISION_EFFICIENTNET_V2 = {
-    ConvBnAct: {"conv": "block.0.0", "bn1": "block.0.1"},
-    FusedMBConv: {"conv_exp": "block.0.0", "bn1": "block.0.1", "conv_pwl": "block.1.0", "bn2": "block.1.1"},
-    InvertedResidual: {
-        "conv_pw": "block.0.0",
-        "bn1": "block.0.1",
-        "conv_dw": "block.1.0",
-        "bn2": "block.1.1",
-        "se.conv_reduce": "block.2.fc1",
-        "se.conv_expand": "block.2.fc2",
-        "conv_pwl": "block.3.0",
-        "bn3": "block.3.1",
-    },
-}
-# ShuffleNetV2: the i-th conv-BN(-ReLU) of a branch starts at this index of torchvision's Sequential.
-_SHUFFLENET_BRANCH_START = {"branch1": (0, 2), "branch2": (0, 3, 5)}
-
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the network; the message lists every difference."""
@@ -96,59 +66,6 @@ class CheckpointMismatchError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _timm_names(model: nnx.Module) -> Callable[[tuple], str]:
-    return lambda path: ".".join(map(str, path))
-
-
-def _torchvision_mbnet_names(model: nnx.Module) -> Callable[[tuple], str]:
-    """MobileNetV2 (blocks numbered through `features`) and EfficientNetV2 (one Sequential per stage)."""
-    mobilenet = isinstance(model, MobileNetV2)
-    table = _TORCHVISION_MOBILENET_V2 if mobilenet else _TORCHVISION_EFFICIENTNET_V2
-    stage_starts = np.cumsum([0] + [len(stage) for stage in model.blocks]).tolist()
-    head = stage_starts[-1] + 1 if mobilenet else len(model.blocks) + 1
-    top = {
-        "conv_stem": "features.0.0",
-        "bn1": "features.0.1",
-        "conv_head": f"features.{head}.0",
-        "bn2": f"features.{head}.1",
-        "classifier": "classifier.1",
-    }
-
-    def name(path: tuple) -> str:
-        if path[0] != "blocks":
-            return top[path[0]]
-        s, i, *inner = path[1:]
-        block = model.blocks[s][i]
-        prefix = f"features.{stage_starts[s] + i + 1}" if mobilenet else f"features.{s + 1}.{i}"
-        return f"{prefix}.{table[type(block)]['.'.join(inner)]}"
-
-    return name
-
-
-def _torchvision_shufflenet_names(model: nnx.Module) -> Callable[[tuple], str]:
-    def name(path: tuple) -> str:
-        if path[0] == "fc":
-            return "fc"
-        *outer, layer = path  # layer: "conv" or "bn1" of a ConvBnAct
-        offset = 0 if layer == "conv" else 1
-        if outer[0] in ("conv1", "conv5"):
-            return f"{outer[0]}.{offset}"
-        stage, unit, branch, index = outer
-        return f"{stage}.{unit}.{branch}.{_SHUFFLENET_BRANCH_START[branch][index] + offset}"
-
-    return name
-
-
-_NAMERS = {
-    (MobileNetV1, "timm"): _timm_names,
-    (MobileNetV2, "timm"): _timm_names,
-    (MobileNetV2, "torchvision"): _torchvision_mbnet_names,
-    (ShuffleNetV2, "torchvision"): _torchvision_shufflenet_names,
-    (EfficientNetV2, "timm"): _timm_names,
-    (EfficientNetV2, "torchvision"): _torchvision_mbnet_names,
-}
-
-
 def default_layout(variant: str) -> str:
     """The layout of a variant's reference implementation: "torchvision" or "timm"."""
     return model_info(variant).reference.split(":", 1)[0]
@@ -156,9 +73,9 @@ def default_layout(variant: str) -> str:
 
 def torch_names(model: nnx.Module, layout: str) -> dict[tuple, str]:
     """Our variable path -> PyTorch state-dict key, for every parameter and BatchNorm statistic."""
-    namer = next((f for (cls, lay), f in _NAMERS.items() if isinstance(model, cls) and lay == layout), None)
+    namer = model.TORCH_LAYOUTS.get(layout)  # the family's name maps (lightnets/models/)
     if namer is None:
-        supported = [lay for (cls, lay) in _NAMERS if isinstance(model, cls)]
+        supported = list(model.TORCH_LAYOUTS)
         raise ValueError(f"{type(model).__name__} has no {layout!r} layout; it converts to and from {supported}")
     module_name = namer(model)
     names = {}
@@ -341,16 +258,16 @@ def from_torch(
     abstract = nnx.eval_shape(lambda: create_model(name, num_classes=classes, dtype=dtype))
     if layout is None:
         layout = detect_layout(state_dict)
-        if not any(isinstance(abstract, cls) and lay == layout for cls, lay in _NAMERS):
+        if layout not in abstract.TORCH_LAYOUTS:
             layout = default_layout(name)  # another network's checkpoint: report its keys against ours
     names = torch_names(abstract, layout)
     # The classifier's keys are the same whatever its size: take them from a 1000-class model.
     with_head = abstract if classes == 1000 else nnx.eval_shape(lambda: create_model(name, dtype=dtype))
-    head = {theirs for ours, theirs in torch_names(with_head, layout).items() if is_head(ours)}
+    head = {theirs for ours, theirs in torch_names(with_head, layout).items() if abstract.is_head(ours)}
     ckpt_classes = next((int(state_dict[k].shape[0]) for k in sorted(head) if k in state_dict), None)
     if num_classes is not None and ckpt_classes != num_classes:
         # The caller asked for another classifier: the checkpoint's is left out, a new one is made.
-        names = {ours: theirs for ours, theirs in names.items() if not is_head(ours)}
+        names = {ours: theirs for ours, theirs in names.items() if not abstract.is_head(ours)}
         state_dict = {k: v for k, v in state_dict.items() if k not in head}
 
     expected = dict(nnx.to_flat_state(nnx.state(abstract, (nnx.Param, nnx.BatchStat))))
@@ -461,7 +378,7 @@ def compare(model: nnx.Module, reference, images: np.ndarray) -> dict[str, float
     """
     import torch
 
-    ours = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(images)), np.float32)
+    ours = np.asarray(forward(model, jnp.asarray(images)))
     with torch.no_grad():
         theirs = reference(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))).float().numpy()
     diff = float(np.abs(ours - theirs).max())

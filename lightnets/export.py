@@ -39,6 +39,7 @@ from flax import nnx
 from input_pipeline import photos
 from lightnets import checkpoint, cli, inference, lowering, preprocessing
 from lightnets.lowering import QUANTIZE
+from lightnets.registry import forward
 
 PROG = "python -m lightnets.export"
 FORMATS = ("onnx", "tflite", "stablehlo")
@@ -243,18 +244,10 @@ def export(
     return result
 
 
-@nnx.jit
-def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x).astype(jnp.float32)
-
-
 def reference_logits(model: nnx.Module, prep: preprocessing.Preprocessing, pixels: np.ndarray) -> np.ndarray:
-    """The JAX model's logits on `pixels`, as lightnets runs it (its own convolution formulation).
-
-    The model is an argument of one jitted function, not a closure: its weights are not compiled
-    in as constants, and exporting one model to several formats compiles it once.
-    """
-    return np.asarray(_logits(model, jnp.asarray(prep.normalize(pixels))))
+    """The JAX model's logits on `pixels`, as lightnets runs it (its own convolution formulation);
+    exporting one model to several formats compiles it once (`registry.forward`)."""
+    return np.asarray(forward(model, jnp.asarray(prep.normalize(pixels))))
 
 
 def main(argv: list[str] | None = None) -> int:

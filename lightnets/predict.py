@@ -18,11 +18,12 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from input_pipeline.transforms import CorruptImage
 from lightnets import cli, inference
+from lightnets.registry import forward
 
 PROG = "python -m lightnets.predict"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -55,12 +56,6 @@ def predict(
     loaded: inference.Loaded, paths: list[pathlib.Path], *, top_k: int = 5, batch_size: int = 32
 ) -> tuple[list[Prediction], dict[str, str]]:
     """The `top_k` classes of each readable image, and the unreadable ones with the reason."""
-    graphdef, state = nnx.split(loaded.model)
-
-    @jax.jit
-    def probabilities(state, x):
-        return jax.nn.softmax(nnx.merge(graphdef, state)(x).astype(np.float32), axis=-1)
-
     prep, top_k = loaded.preprocessing, min(top_k, loaded.model.num_classes)
     predictions, failed = [], {}
     for start in range(0, len(paths), batch_size):
@@ -76,7 +71,8 @@ def predict(
         # Padded to a whole batch: one compilation for every batch.
         batch = np.zeros((batch_size, *images[0].shape), np.uint8)
         batch[: len(images)] = images
-        probs = np.asarray(probabilities(state, prep.normalize(batch)))[: len(chunk)]
+        probs = np.asarray(jax.nn.softmax(forward(loaded.model, jnp.asarray(prep.normalize(batch))), axis=-1))
+        probs = probs[: len(chunk)]
         broken = [str(path) for path, p in zip(chunk, probs, strict=True) if not np.isfinite(p).all()]
         if broken:
             raise ValueError(f"{loaded.description} computes non-finite probabilities (nan or inf) for "

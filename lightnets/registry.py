@@ -12,6 +12,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -124,3 +125,11 @@ def create_model(
     )
     model.variant = name  # what the converter and checkpoints identify the network by
     return model
+
+
+@nnx.jit
+def forward(model: nnx.Module, images: jax.Array) -> jax.Array:
+    """`model(images)` as float32 logits, jitted: what summary, convert, predict, export and the
+    tests run. The model is an argument, not a closure, so its weights are not compiled in as
+    constants and one compilation serves every model of the same structure and input shape."""
+    return model(images).astype(jnp.float32)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lightnets import cli
-from lightnets.registry import create_model, list_models, model_info
+from lightnets.registry import create_model, forward, list_models, model_info
 
 
 def count_params(model: nnx.Module) -> int:
@@ -100,7 +100,6 @@ def describe(config) -> None:
     print(f"built in     {built:.1f} s on {jax.devices()[0].platform}")
 
     images = jnp.asarray(preprocessing.normalization(config)(photos.sample_pixels(config.image_size)))
-    forward = nnx.jit(lambda m, x: m(x))
     t0 = time.perf_counter()
     logits = jax.block_until_ready(forward(model, images))
     compiled = time.perf_counter() - t0

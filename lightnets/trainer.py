@@ -197,7 +197,7 @@ def _load_initial_weights(model: nnx.Module, directory: str) -> None:
     if source.num_classes != model.num_classes:
         logging.info("init_from: %d classes in %s, %d here: the classifier starts fresh", source.num_classes,
                      directory, model.num_classes)  # fmt: skip
-        weights = [(path, v) for path, v in weights if not checkpoint.is_head(path)]
+        weights = [(path, v) for path, v in weights if not model.is_head(path)]
     nnx.update(model, nnx.from_flat_state(weights))
 
 

@@ -50,7 +50,7 @@ def realistic(model: nnx.Module, size: int) -> nnx.Module:
             last = module.bn3 if hasattr(module, "bn3") else module.bn2
             last.scale.set_value(last.scale[...] * 0.2)
     model.train()
-    nnx.jit(lambda m, x: m(x))(model, jnp.asarray(preprocessing.IMAGENET(photos.sample_pixels(size, views=4))))
+    lightnets.forward(model, jnp.asarray(preprocessing.IMAGENET(photos.sample_pixels(size, views=4))))
     for _, module in nnx.iter_modules(model):
         if isinstance(module, BatchNorm):
             module.momentum = 0.1

@@ -12,11 +12,6 @@ from lightnets.layers import Dropout
 from tests.reference import REFERENCE
 
 
-@nnx.jit
-def forward(model, x):
-    return model(x)
-
-
 def _images(size=64, n=4, seed=0):
     return jax.random.normal(jax.random.key(seed), (n, size, size, 3))
 
@@ -53,14 +48,14 @@ def test_train_and_eval_in_bfloat16(smallest):
     model = lightnets.create_model(smallest, dtype=jnp.bfloat16)
     x = _images()
     before = _batch_stats(model)
-    logits = forward(model, x)
+    logits = lightnets.forward(model, x)
     assert logits.shape == (4, 1000) and logits.dtype == jnp.float32
     assert bool(jnp.isfinite(logits).all())
     after = _batch_stats(model)
     assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
     model.eval()
-    first, second = forward(model, x), forward(model, x)
+    first, second = lightnets.forward(model, x), lightnets.forward(model, x)
     np.testing.assert_array_equal(first, second)
     assert all(np.array_equal(a, b) for a, b in zip(after, _batch_stats(model), strict=True))
     assert bool(jnp.isfinite(first).all())
@@ -73,9 +68,9 @@ def test_dropout_and_stochastic_depth_only_in_train_mode(name):
     assert 0.3 in rates and max(rates) > 0
     x = _images(seed=1)
     model.eval()
-    np.testing.assert_array_equal(forward(model, x), forward(model, x))
+    np.testing.assert_array_equal(lightnets.forward(model, x), lightnets.forward(model, x))
     model.train()
-    assert not np.allclose(forward(model, x), forward(model, x))
+    assert not np.allclose(lightnets.forward(model, x), lightnets.forward(model, x))
 
 
 def test_stochastic_depth_rises_linearly_with_depth():
@@ -102,19 +97,19 @@ def test_classifier_is_replaceable_and_features_are_reachable(name):
     x = _images(32, n=2)
     model = lightnets.create_model(name, num_classes=10, dtype=jnp.float32)
     model.eval()
-    assert forward(model, x).shape == (2, 10)
+    assert lightnets.forward(model, x).shape == (2, 10)
 
     features = nnx.jit(lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True))(model, x)
     assert features.shape == (2, model.num_features)
     headless = lightnets.create_model(name, num_classes=0, dtype=jnp.float32)
     headless.eval()
-    np.testing.assert_allclose(forward(headless, x), features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lightnets.forward(headless, x), features, rtol=1e-5, atol=1e-5)
 
     backbone = {
         k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if k[0] not in ("classifier", "fc")
     }
     model.reset_classifier(7, rngs=nnx.Rngs(1))
-    assert forward(model, x).shape == (2, 7)
+    assert lightnets.forward(model, x).shape == (2, 7)
     after = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     assert all(np.array_equal(after[k], v) for k, v in backbone.items())
 
@@ -123,7 +118,7 @@ def test_classifier_is_replaceable_and_features_are_reachable(name):
 def test_any_resolution(smallest, size):
     model = lightnets.create_model(smallest, dtype=jnp.float32)
     model.eval()
-    logits = forward(model, _images(size, n=1))
+    logits = lightnets.forward(model, _images(size, n=1))
     assert logits.shape == (1, 1000) and bool(jnp.isfinite(logits).all())
 
 
@@ -138,5 +133,5 @@ def test_family_classes():
 def test_every_variant_forward_in_bfloat16(name):
     model = lightnets.create_model(name, dtype=jnp.bfloat16)
     model.eval()
-    logits = forward(model, _images(n=2))
+    logits = lightnets.forward(model, _images(n=2))
     assert logits.shape == (2, 1000) and bool(jnp.isfinite(logits).all())

@@ -32,7 +32,7 @@ def test_bad_values_are_one_line_errors():
     with pytest.raises(ValueError, match=r"mean=\(0.5, 0.5\) must be three finite numbers"):
         trainer.check_config(config)
     config.mean, config.std = HALF, (0.5, 0.0, 0.5)
-    with pytest.raises(ValueError, match="std=.* must be positive"):
+    with pytest.raises(ValueError, match=r"std=.* must be positive"):
         trainer.check_config(config)
     config.mean, config.std = HALF, None
     with pytest.raises(ValueError, match="set both mean and std"):

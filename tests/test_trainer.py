@@ -253,7 +253,7 @@ def test_evaluate_a_trainer_workdir_and_a_converter_checkpoint(uninterrupted, tm
     from_weights = trainer.evaluate(config, None, str(tmp_path / "weights"))
     source = datasets.create_source("digits", "validation", image_size=config.image_size)
     normalize = preprocessing.Normalize(run.mean, run.std)
-    logits = nnx.jit(lambda m, x: m(x))(model, normalize.on_device(jnp.asarray(source.images), jnp.bfloat16))
+    logits = lightnets.forward(model, normalize.on_device(jnp.asarray(source.images), jnp.bfloat16))
     direct = float(np.mean(np.argmax(np.asarray(logits, np.float32), -1) == source.labels))
     assert len(source) % config.batch_size != 0
     assert from_weights["top1"] == pytest.approx(direct, abs=2 / len(source))
@@ -282,7 +282,7 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
     nnx.update(model, state.ema_params, state.ema_batch_stats)
     prep = preprocessing.of_run(trainer.resolve_config(config))
     pixels = np.stack([prep.read(p) for p in paths])
-    expected = np.argmax(np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(prep.normalize(pixels)))), -1)
+    expected = np.argmax(np.asarray(lightnets.forward(model, jnp.asarray(prep.normalize(pixels)))), -1)
     assert re.findall(r"1\.\s+\S+%\s+(\d) \((\d)\)", out) == [(str(c), str(c)) for c in expected]
 
     output = tmp_path / "run.tflite"
@@ -315,7 +315,7 @@ def test_a_fine_tune_feeds_the_network_what_its_weights_were_trained_on(tmp_path
     for _, module in nnx.iter_modules(source):
         if isinstance(module, BatchNorm):
             module.momentum = 1.0
-    nnx.jit(lambda m, x: m(x))(source, jnp.asarray(preprocessing.Normalize((0.5,) * 3, (0.5,) * 3)(digits)))
+    lightnets.forward(source, jnp.asarray(preprocessing.Normalize((0.5,) * 3, (0.5,) * 3)(digits)))
     for _, module in nnx.iter_modules(source):
         if isinstance(module, BatchNorm):
             module.momentum = 0.1
@@ -332,7 +332,7 @@ def test_a_fine_tune_feeds_the_network_what_its_weights_were_trained_on(tmp_path
     source.eval()
 
     def loss(normalize):
-        logits = np.asarray(nnx.jit(lambda m, x: m(x))(source, jnp.asarray(normalize(images))), np.float64)
+        logits = np.asarray(lightnets.forward(source, jnp.asarray(normalize(images))), np.float64)
         return float(-np.sum(jax.nn.log_softmax(logits)[np.arange(32), labels]))
 
     fed, imagenet = loss(preprocessing.Normalize(config.mean, config.std)), loss(preprocessing.IMAGENET)

@@ -15,12 +15,13 @@ squeeze-excitation -> 1x1 head conv -> dropout -> classifier. Three lineages sha
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import FusedMBConv, InvertedResidual, MBNet, Stage, stage
+from lightnets.blocks import FusedMBConv, InvertedResidual, MBNet, Stage, dotted_names, stage, torchvision_mbnet_names
 from lightnets.layers import ConvBnAct, Layers, make_divisible
 from lightnets.preprocessing import INCEPTION_MEAN, INCEPTION_STD
 from lightnets.registry import register_model
@@ -78,6 +79,16 @@ XL = (
 S_RW = (stage(Fused, 2, 3, 1, 24, expand=1), *S[1:-1], stage(MBConv, 15, 3, 2, 272, expand=6, se_ratio=0.25))
 
 
+# torchvision's positions of our block attributes inside its blocks, per block type.
+TORCHVISION_BLOCKS = {
+    ConvBnAct: {"conv": "block.0.0", "bn1": "block.0.1"},
+    FusedMBConv: {"conv_exp": "block.0.0", "bn1": "block.0.1", "conv_pwl": "block.1.0", "bn2": "block.1.1"},
+    InvertedResidual: {"conv_pw": "block.0.0", "bn1": "block.0.1", "conv_dw": "block.1.0", "bn2": "block.1.1",
+                       "se.conv_reduce": "block.2.fc1", "se.conv_expand": "block.2.fc2", "conv_pwl": "block.3.0",
+                       "bn3": "block.3.1"},
+}  # fmt: skip
+
+
 class EfficientNetV2(MBNet):
     """An EfficientNetV2 from a stage table.
 
@@ -89,6 +100,11 @@ class EfficientNetV2(MBNet):
       stem_chs, head_chs: stem and head widths before scaling.
       padding: "same" for the TensorFlow-ported weights, "symmetric" otherwise.
     """
+
+    TORCH_LAYOUTS: ClassVar[dict] = {
+        "timm": dotted_names,
+        "torchvision": lambda model: torchvision_mbnet_names(model, TORCHVISION_BLOCKS, flat=False),
+    }
 
     def __init__(
         self,

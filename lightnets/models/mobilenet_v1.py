@@ -9,12 +9,13 @@ timm's `_gen_mobilenet_v1(channel_multiplier=...)` builds them.
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import DepthwiseSeparable, MBNet, stage
+from lightnets.blocks import DepthwiseSeparable, MBNet, dotted_names, stage
 from lightnets.layers import Layers, make_divisible
 from lightnets.preprocessing import INCEPTION_MEAN, INCEPTION_STD
 from lightnets.registry import register_model
@@ -33,6 +34,8 @@ STAGES = (
 
 
 class MobileNetV1(MBNet):
+    TORCH_LAYOUTS: ClassVar[dict] = {"timm": dotted_names}  # timm's mobilenetv1_*
+
     def __init__(
         self,
         width_mult: float = 1.0,

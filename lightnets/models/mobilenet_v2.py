@@ -9,12 +9,13 @@ w > 1. The first block has no expansion and is a depthwise-separable convolution
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import DepthwiseSeparable, InvertedResidual, MBNet, stage
+from lightnets.blocks import DepthwiseSeparable, InvertedResidual, MBNet, dotted_names, stage, torchvision_mbnet_names
 from lightnets.layers import Layers, make_divisible
 from lightnets.registry import register_model
 
@@ -30,7 +31,20 @@ STAGES = (
 )
 
 
+# torchvision's nn.Sequential positions of our block attributes, per block type.
+TORCHVISION_BLOCKS = {
+    DepthwiseSeparable: {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"},
+    InvertedResidual: {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
+                       "conv_pwl": "conv.2", "bn3": "conv.3"},
+}  # fmt: skip
+
+
 class MobileNetV2(MBNet):
+    TORCH_LAYOUTS: ClassVar[dict] = {
+        "torchvision": lambda model: torchvision_mbnet_names(model, TORCHVISION_BLOCKS, flat=True),
+        "timm": dotted_names,  # timm's mobilenetv2_*
+    }
+
     def __init__(
         self,
         width_mult: float = 1.0,

@@ -8,12 +8,14 @@ too; torchvision's `nn.Sequential` branches become lists of conv-BN-activation l
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.layers import ConvBnAct, Layers, channel_shuffle, global_avg_pool
+from lightnets.blocks import ClassifierHead, Namer
+from lightnets.layers import ConvBnAct, Layers, channel_shuffle
 from lightnets.registry import register_model
 
 Array = jax.Array
@@ -73,7 +75,28 @@ def _sequential(layers, x: Array) -> Array:
     return x
 
 
-class ShuffleNetV2(nnx.Module):
+# The i-th conv-BN(-ReLU) of a branch starts at this index of torchvision's Sequential.
+_BRANCH_START = {"branch1": (0, 2), "branch2": (0, 3, 5)}
+
+
+def torchvision_names(model: ShuffleNetV2) -> Namer:
+    def name(path: tuple) -> str:
+        if path[0] == "fc":
+            return "fc"
+        *outer, layer = path  # layer: "conv" or "bn1" of a ConvBnAct
+        offset = 0 if layer == "conv" else 1
+        if outer[0] in ("conv1", "conv5"):
+            return f"{outer[0]}.{offset}"
+        stage, unit, branch, index = outer
+        return f"{stage}.{unit}.{branch}.{_BRANCH_START[branch][index] + offset}"
+
+    return name
+
+
+class ShuffleNetV2(ClassifierHead, nnx.Module):
+    HEAD = "fc"  # torchvision's name
+    TORCH_LAYOUTS: ClassVar[dict] = {"torchvision": torchvision_names}
+
     def __init__(
         self,
         width: float = 1.0,
@@ -109,27 +132,6 @@ class ShuffleNetV2(nnx.Module):
         for unit in (*self.stage2, *self.stage3, *self.stage4):
             x = unit(x)
         return self.conv5(x)
-
-    def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
-        """Pool and classify a feature map; `pre_logits=True` stops before the classifier."""
-        x = global_avg_pool(x)
-        if pre_logits or self.fc is None:
-            return x
-        return self.fc(x).astype(jnp.float32)
-
-    def __call__(self, x: Array) -> Array:
-        """Logits (float32) for NHWC images normalised with the ImageNet mean and std."""
-        return self.forward_head(self.forward_features(x))
-
-    @property
-    def num_classes(self) -> int:
-        """Size of the classifier, 0 without one."""
-        return 0 if self.fc is None else int(self.fc.kernel.shape[1])
-
-    def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
-        """Replaces the classifier with a freshly initialised one (0: no classifier)."""
-        layers = Layers(rngs=rngs, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.fc = layers.linear(self.num_features, num_classes) if num_classes else None
 
 
 for _width in STAGE_OUT_CHANNELS:
