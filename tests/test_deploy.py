@@ -203,8 +203,13 @@ def _loaded(variant: str, num_classes: int = 1000) -> inference.Loaded:
     return inference.Loaded(model, prep, inference.class_names(num_classes), variant)
 
 
-@pytest.mark.parametrize("fmt", export.FORMATS)
-@pytest.mark.parametrize("variant", SMALLEST)
+# ONNX and TFLite go through our own lowering, which each family's layers exercise differently;
+# StableHLO is jax.export of the same function for every family: one family in CI, all with -m slow.
+FLOAT32_EXPORTS = [(v, f) for v in SMALLEST for f in export.FORMATS if f != "stablehlo" or v == SMALLEST[0]]
+FLOAT32_EXPORTS += [pytest.param(v, "stablehlo", marks=pytest.mark.slow) for v in SMALLEST[1:]]
+
+
+@pytest.mark.parametrize(("variant", "fmt"), FLOAT32_EXPORTS)
 def test_float32_export_computes_what_the_model_computes(variant, fmt, tmp_path):
     loaded = _loaded(variant)
     output = tmp_path / f"model.{fmt}"
