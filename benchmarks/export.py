@@ -19,12 +19,7 @@ import sys
 import tempfile
 import time
 
-# Run as a script, this file's directory comes first on sys.path, and benchmarks/input_pipeline.py
-# would hide the `input_pipeline` package: drop that entry.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 EXPORTS = (("onnx", "none"), ("tflite", "none"), ("stablehlo", "none"), ("tflite", "float16"), ("tflite", "int8"))
 

@@ -14,21 +14,14 @@ If loop is no slower than device, the Python overhead does not show. Results in 
 """
 
 import argparse
-import pathlib
-import sys
 import time
 
-# Run as a script, this file's directory comes first on sys.path, and benchmarks/input_pipeline.py
-# would hide the `input_pipeline` package: drop that entry.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import default  # noqa: E402
-from input_pipeline import datasets  # noqa: E402
-from lightnets import trainer  # noqa: E402
+from configs import default
+from input_pipeline import datasets
+from lightnets import trainer
 
 
 def main():

@@ -22,17 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import pathlib
 import sys
 import time
 
-# Run as a script, this file's directory comes first on sys.path, and benchmarks/input_pipeline.py
-# would hide the `input_pipeline` package: drop that entry.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 
 @dataclasses.dataclass

@@ -417,9 +417,6 @@ class RunCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def best_step(self) -> int | None:
-        return self.manager.best_step()
-
     def save(self, step: int, state: Any, data_iterator: Any, run: dict, metrics: dict | None = None) -> None:
         """Starts an asynchronous save of `step`; it becomes visible once complete."""
         import grain

@@ -107,3 +107,10 @@ def test_main_answers_each_common_mistake_in_one_line(tmp_path):
             result.stderr.strip().startswith(f"main.py: error: {message}") and result.stderr.count("\n") == 1
         ), (result.args, result.stderr)
     assert not (tmp_path / "never").exists()
+
+
+def test_no_script_shadows_a_package():
+    # A script's directory comes first on sys.path when it runs: benchmarks/input_pipeline.py once
+    # hid the input_pipeline package from every benchmark.
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {p.stem for p in ROOT.glob("*.py")}
+    assert not scripts & set(PACKAGES), scripts & set(PACKAGES)

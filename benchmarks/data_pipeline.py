@@ -1,6 +1,6 @@
 """Input pipeline throughput on ImageNet-like JPEGs: images/s per core, training and evaluation path.
 
-    PYTHONPATH=. python benchmarks/input_pipeline.py [--images=512] [--device_rate=16000]
+    PYTHONPATH=. python benchmarks/data_pipeline.py [--images=512] [--device_rate=16000]
 
 Makes its own data: crops of the photos that ship with scikit-learn and scikit-image, resized to
 500x375 or 375x500 (ImageNet's typical size) and saved as JPEG quality 90 in the seeds' folder
@@ -24,16 +24,11 @@ import sys
 import tempfile
 import time
 
-# Run as a script, this file's directory comes first on sys.path and its name would hide the
-# `input_pipeline` package: drop that entry before importing it.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import numpy as np
+from absl import app, flags
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from input_pipeline import datasets, photos, prepare, transforms  # noqa: E402
+from input_pipeline import datasets, photos, prepare, transforms
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("images", 512, "ImageNet-like JPEGs to make")
@@ -194,4 +189,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from lightnets import cli
 
-    app.run(main, flags_parser=cli.absl_flags_parser("benchmarks/input_pipeline.py"))
+    app.run(main, flags_parser=cli.absl_flags_parser("benchmarks/data_pipeline.py"))
