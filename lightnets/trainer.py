@@ -55,7 +55,7 @@ class Setup:
     eval_source: Any
     steps_per_epoch: int
     num_train_steps: int
-    train_transform: transforms.TrainTransform
+    train_transform: Any  # transforms.TrainTransform or PadCropTransform
     eval_transform: transforms.EvalTransform
 
 
@@ -253,12 +253,21 @@ def batch_augment(config: ml_collections.ConfigDict, mesh) -> augment.BatchAugme
     return aug if aug.mixes or aug.erase_prob > 0 else None
 
 
-def data_transforms(config: ml_collections.ConfigDict) -> tuple[transforms.TrainTransform, transforms.EvalTransform]:
+def data_transforms(config: ml_collections.ConfigDict) -> tuple[Any, transforms.EvalTransform]:
     """The host-side training and evaluation transforms the config asks for (bad values raise here)."""
-    train_transform = transforms.TrainTransform(
-        config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
-        randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
-    )  # fmt: skip
+    if config.train_transform not in transforms.TRAIN_TRANSFORMS:
+        choices = list(transforms.TRAIN_TRANSFORMS)
+        raise ValueError(f"train_transform {config.train_transform!r} is not one of {choices}")
+    if config.train_transform == "pad_crop":
+        train_transform = transforms.PadCropTransform(
+            config.image_size, padding=config.crop_padding, hflip=config.hflip, randaugment=config.randaugment,
+            interpolation=config.train_interpolation,
+        )  # fmt: skip
+    else:
+        train_transform = transforms.TrainTransform(
+            config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
+            randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
+        )  # fmt: skip
     eval_transform = transforms.EvalTransform(
         config.image_size, crop_pct=config.crop_pct, interpolation=config.eval_interpolation, draft=config.jpeg_draft
     )
