@@ -149,6 +149,7 @@ _RANGES = (
     ("data_workers", lambda v: v >= -1, "a number of processes, 0 for threads or -1 for one per core"),
     ("data_threads", _positive, "a positive number of threads"),
     ("hflip", _fraction, "a probability in [0, 1]"),
+    ("crop_padding", lambda v: v >= 0 and v == int(v), "a whole number of pixels >= 0"),
     ("crop_pct", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("reprob", _fraction, "a probability in [0, 1]"),
     ("mixup", _non_negative, "a Beta alpha >= 0 (0: off)"),

@@ -242,12 +242,16 @@ def test_the_resize_to_224_is_the_seeds_bilinear_and_evaluation_resizes_the_whol
     np.testing.assert_array_equal(eval_transform(image), train)
 
 
-def test_an_unknown_train_transform_is_a_clear_error():
+def test_an_unknown_train_transform_or_a_negative_padding_is_a_clear_error():
     config = mobilenetv1.get_config("cifar10")
     config.train_transform = "random_crop"
     with pytest.raises(
         ValueError, match=r"train_transform 'random_crop' is not one of \['inception_crop', 'pad_crop'\]"
     ):
+        trainer.check_config(config)
+    config = mobilenetv1.get_config("cifar10")
+    config.crop_padding = -1
+    with pytest.raises(ValueError, match=r"crop_padding=-1 is out of range: it must be a whole number of pixels"):
         trainer.check_config(config)
 
 
