@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     # What to train, on what.
     c.model = "mobilenet_v2_100"  # a name from `lightnets.list_models()`
     c.num_classes = 1000  # classifier size; 0: the data set's class count
-    c.dataset = "tfds:imagenet2012"  # input pipeline source: digits, synthetic[:N], tfds:NAME, folder:PATH
+    c.dataset = "tfds:imagenet2012"  # digits, synthetic[:N], tfds:NAME, folder:PATH, prepared:PATH, cifar10:PATH
     c.image_size = 224  # training and evaluation resolution, pixels (square)
     c.dtype = "bfloat16"  # computation dtype; parameters and BatchNorm statistics stay float32
     # The per-channel normalisation of RGB in [0, 1] that the network sees, in training, evaluation,
@@ -62,12 +62,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_workers = -1  # grain worker processes decoding per host; -1: one per core; 0: in-process threads
     c.data_threads = 2  # decoding threads per worker (PIL releases the GIL while it decodes)
     c.jpeg_draft = True  # decode JPEGs at 1/2, 1/4 or 1/8 size when the crop allows (much faster)
+    # Training crop: "inception_crop" (random resized crop, ImageNet's) or "pad_crop" (pad
+    # crop_padding pixels, a random crop of the image's own size, then resize: CIFAR's).
+    c.train_transform = "inception_crop"
+    c.crop_padding = 4  # pad_crop: pixels of black added on each side before the crop
     c.crop_scale = (0.08, 1.0)  # Inception random resized crop: area fraction ...
     c.crop_ratio = (3 / 4, 4 / 3)  # ... and aspect ratio
     c.hflip = 0.5  # horizontal flip probability
     c.train_interpolation = "bilinear"  # bilinear, bicubic, nearest or random (timm: bilinear/bicubic)
     c.randaugment = ""  # timm's RandAugment string, e.g. "rand-m9-mstd0.5"; "": none
-    # Evaluation: resize the shorter side to image_size / crop_pct, then the centre crop.
+    # Evaluation: resize the shorter side to image_size / crop_pct, then the centre crop (crop_pct
+    # 1.0 on a square image: the whole image resized, as CIFAR is evaluated).
     c.crop_pct = 0.875
     c.eval_interpolation = "bilinear"
     # On the device, in the train step (lightnets/augment.py), as timm's:

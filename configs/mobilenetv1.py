@@ -1,25 +1,74 @@
-"""MobileNetV1 on ImageNet, the recipe of the MindSpore seed (002): 90 epochs, global batch 1024
-(256 on each of 4 devices), SGD with momentum, cosine schedule, label-smoothed cross-entropy;
-reported 71.28 % top-1 for the 1.0 network.
+"""MobileNetV1, the recipes of the MindSpore model-zoo seed (002), each value traced to the seed's
+file and line in docs/recipes.md.
 
-The seed's README does not state the learning rate and weight decay; these are its ModelZoo
-config's (0.4 at 1024 images, 5e-5).
+ImageNet (`configs/mobilenetv1.py`, `configs/mobilenetv1.py:050`, ...; default_config_imagenet.yaml):
+90 epochs, 256 images on each of 4 devices (global 1024), SGD with momentum 0.9, learning rate
+0.8 decayed linearly to 0 with no warmup, weight decay 1e-4 (not on BatchNorm or biases),
+label smoothing 0.1; reported 71.28 % top-1 for the 1.0 network. The seed's own network (TF
+"same" padding, 1,001 classes) is `configs/mobilenetv1.py:100_ms`; these configs train timm's.
 
-Variants: `configs/mobilenetv1.py:050` (025, 050, 075, 100, 125; default 100).
+CIFAR-10 (`configs/mobilenetv1.py:cifar10`; default_config.yaml): 90 epochs at batch 32,
+momentum 0.9, weight decay 1e-4, the "poly" schedule (warmup 0.01 -> 0.1 over 5 epochs, then
+0.1 * (1 - t)^2), no label smoothing; pad-4 random crop and flip at 32 px, resized to 224, CIFAR's
+mean and std. Give the data with `--config.dataset=cifar10:PATH` (the binary batches) or use
+`tfds:cifar10`, the default.
+
+Variants: 025, 050, 075, 100, 125 (default 100); named recipes: cifar10.
 """
 
 from configs import default
 
 
 def get_config(variant: str = ""):
-    c = default.family_config("mobilenet_v1", variant, "100")
+    if variant in RECIPES:
+        return RECIPES[variant]()
+    try:
+        c = default.family_config("mobilenet_v1", variant, "100")
+    except ValueError as e:
+        raise ValueError(f"{e}, or a named recipe: {list(RECIPES)}") from None
+    c.seed = 1  # train.py: ms.set_seed(1)
     c.num_epochs = 90.0
-    c.batch_size = 1024
+    c.batch_size = 1024  # 256 per device, 4 devices
     c.optimizer = "sgd"
     c.momentum = 0.9
-    c.lr = 0.4
+    c.nesterov = False
+    c.lr = 0.8
     c.lr_base_batch_size = 1024
-    c.weight_decay = 5e-5
-    c.schedule = "cosine"
+    c.schedule = "linear"
+    c.warmup_epochs = 0.0
+    c.warmup_lr = 0.0
+    c.min_lr = 0.0
+    c.weight_decay = 1e-4
+    c.weight_decay_norm_and_bias = False  # the Ascend script leaves out gamma, beta and bias
     c.label_smoothing = 0.1
+    c.crop_scale = (0.08, 1.0)
+    c.crop_ratio = (0.75, 1.333)  # src/dataset.py's RandomCropDecodeResize, not 4/3
+    c.hflip = 0.5
+    c.crop_pct = 224 / 256  # Resize(256), CenterCrop(224)
     return c
+
+
+def cifar10():
+    c = get_config()
+    c.dataset = "tfds:cifar10"
+    c.num_classes = 10
+    c.batch_size = 32
+    c.lr = 0.1
+    c.lr_base_batch_size = 32
+    c.schedule = "poly"
+    c.warmup_epochs = 5.0
+    c.warmup_lr = 0.01
+    c.min_lr = 0.0  # the seed's lr_end (1e-5) is not read by its poly schedule
+    c.label_smoothing = 0.0
+    c.train_transform = "pad_crop"
+    c.crop_padding = 4
+    c.hflip = 0.5
+    c.image_size = 224
+    c.crop_pct = 1.0  # the whole 32 px image resized to 224, as Resize((224, 224)) does
+    c.mean = (0.4914, 0.4822, 0.4465)
+    c.std = (0.2023, 0.1994, 0.2010)
+    return c
+
+
+# Named recipes, `configs/mobilenetv1.py:NAME`.
+RECIPES = {"cifar10": cifar10}

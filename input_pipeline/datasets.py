@@ -13,6 +13,8 @@ as grain wants them, with `num_classes` and `class_names`:
 - `folder:PATH`: `PATH/train/<class>/*.JPEG`, `PATH/val/<class>/*` (the seeds' layout); class
   index = sorted folder name, as torchvision's ImageFolder; the file listing is cached.
 - `prepared:PATH`: a re-encoded copy written by `python -m input_pipeline.prepare`.
+- `cifar10:PATH`: CIFAR-10's binary batches, `PATH` = `cifar-10-batches-bin/` or the folder
+  above it (the evaluation batch there or in `cifar-10-verify-bin/`, the MindSpore seed's layout).
 - `digits`: scikit-learn's 1,797 handwritten digits (8x8, shipped inside scikit-learn, no
   download), upsampled to `image_size`, as RGB; a fixed stratified held-out split of 20 %.
 - `synthetic[:N]`: random images with random labels, generated from the index (benchmarks).
@@ -119,9 +121,12 @@ def create_source(
         return sources.TfdsSource(argument, split, data_dir=data_dir or None)
     if kind == "prepared" and argument:
         return sources.PreparedSource(argument, split)
+    if kind == "cifar10" and argument:
+        return sources.Cifar10Source(argument, split)
     raise ValueError(
         f"unknown dataset {dataset!r}: choose digits, synthetic[:N], tfds:NAME (e.g. tfds:imagenet2012), "
-        "folder:PATH (PATH/train/<class>/*, PATH/val/<class>/*) or prepared:PATH (python -m input_pipeline.prepare)"
+        "folder:PATH (PATH/train/<class>/*, PATH/val/<class>/*), prepared:PATH (python -m input_pipeline.prepare) "
+        "or cifar10:PATH (PATH/cifar-10-batches-bin/*.bin)"
     )
 
 

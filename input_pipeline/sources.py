@@ -1,11 +1,14 @@
-"""Random-access sources of encoded images: TFDS, image folders, and our prepared ArrayRecord copies.
+"""Random-access sources: TFDS, image folders, our prepared ArrayRecord copies, and CIFAR-10's binary batches.
 
 Each is what grain wants, `len(source)` and `source[i]` -> {"image": encoded bytes, "label": int},
 plus `num_classes` and `class_names`. Decoding happens later, in the pipeline's transforms, so
 that it can decode JPEGs at a reduced size and skip a corrupt file instead of failing.
 
+CIFAR-10's binary batches (`cifar10:PATH`) are decoded records already: uint8 arrays, not bytes.
+
 Every constructor checks what it can cheaply (the path exists, the split exists, no class folder
-is empty) and raises an error naming the path, before anything is compiled.
+is empty, a CIFAR-10 file holds whole records with valid labels) and raises an error naming the
+path, before anything is compiled.
 
 Class folders are listed, not walked: a subfolder, or a link to a folder (one back to a parent
 included), is not part of its class and is ignored. An entry whose kind cannot be told (a
@@ -226,3 +229,123 @@ class PreparedSource:
     def __getitem__(self, index: int) -> dict:
         label, image = decode_record(self._source[index])
         return {"image": image, "label": np.int32(label), "name": f"{self.name}[{index}]"}
+
+
+# --- CIFAR-10, the binary distribution (cifar-10-binary.tar.gz) that the MindSpore seed reads -------
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_EVAL_FILE = "test_batch.bin"
+CIFAR10_BATCHES_DIR = "cifar-10-batches-bin"
+# The seed's README keeps the evaluation batch in a folder of its own, beside the training one.
+CIFAR10_VERIFY_DIR = "cifar-10-verify-bin"
+_CIFAR_SIDE = 32
+CIFAR10_RECORD = 1 + 3 * _CIFAR_SIDE * _CIFAR_SIDE  # a label byte, then the R, G and B planes, row-major
+
+
+def _cifar10_dirs(root: pathlib.Path) -> tuple[pathlib.Path, list[pathlib.Path]]:
+    """The training folder, and the folders that may hold test_batch.bin, in the order tried."""
+    if (root / CIFAR10_BATCHES_DIR).is_dir() and not (root / CIFAR10_TRAIN_FILES[0]).exists():
+        root = root / CIFAR10_BATCHES_DIR  # PATH is the folder above, as the seed's README lays it out
+    return root, [root, root.parent / CIFAR10_VERIFY_DIR]
+
+
+def _cifar10_layout_hint(root: pathlib.Path) -> str:
+    if (root / "data_batch_1").exists() or (root / "cifar-10-batches-py").is_dir():
+        return "; this is the Python (pickle) version: use the binary one, cifar-10-binary.tar.gz"
+    if (root / "train.bin").exists() or (root / "cifar-100-binary").is_dir():
+        return "; this looks like CIFAR-100, which has another record layout"
+    return ""
+
+
+class Cifar10Source:
+    """CIFAR-10's binary batches: `data_batch_1..5.bin` train, `test_batch.bin` evaluates.
+
+    PATH is `cifar-10-batches-bin/` itself or the folder above it. The evaluation batch is read
+    from that folder, else from a `cifar-10-verify-bin/` beside it, where the seed's README puts
+    it. Class names come from `batches.meta.txt` when it is there.
+
+    Every file is checked when the source is made (its size is a whole number of 3,073-byte
+    records, every label is 0..9), so a damaged download fails before anything compiles. Records
+    are read through a memory map, opened again in each worker process rather than pickled.
+    """
+
+    def __init__(self, path: str, split: str):
+        given = pathlib.Path(path).expanduser()
+        if not given.is_dir():
+            raise FileNotFoundError(f"cifar10:{path}: no such directory")
+        root, eval_dirs = _cifar10_dirs(given)
+        if split == "train":
+            files = [root / name for name in CIFAR10_TRAIN_FILES]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"cifar10:{path}: missing {', '.join(missing)}; expected CIFAR-10's binary batches "
+                    f"{CIFAR10_BATCHES_DIR}/data_batch_1..5.bin{_cifar10_layout_hint(root)}"
+                )
+        else:
+            found = next((d / CIFAR10_EVAL_FILE for d in eval_dirs if (d / CIFAR10_EVAL_FILE).is_file()), None)
+            if found is None:
+                raise FileNotFoundError(
+                    f"cifar10:{path}: no {CIFAR10_EVAL_FILE} for evaluation in any of "
+                    f"{[str(d) for d in eval_dirs]}{_cifar10_layout_hint(root)}"
+                )
+            files = [found]
+        self.files = [str(f) for f in files]
+        counts = []
+        for f in self.files:
+            size = os.path.getsize(f)
+            if size == 0 or size % CIFAR10_RECORD:
+                whole, rest = divmod(size, CIFAR10_RECORD)
+                raise ValueError(
+                    f"cifar10: {f} is {size} bytes, not a whole number of {CIFAR10_RECORD}-byte records "
+                    f"({whole} and {rest} bytes over): truncated, or not a CIFAR-10 binary batch"
+                    f"{_cifar10_layout_hint(root)}"
+                )
+            counts.append(size // CIFAR10_RECORD)
+        self.class_names = self._class_names(root)
+        self.num_classes = len(self.class_names)
+        labels = []
+        for f, n in zip(self.files, counts, strict=True):
+            with open(f, "rb") as handle:  # one read; the label bytes are one column of it
+                file_labels = np.frombuffer(handle.read(), np.uint8).reshape(n, CIFAR10_RECORD)[:, 0].copy()
+            bad = np.flatnonzero(file_labels >= self.num_classes)
+            if bad.size:
+                raise ValueError(
+                    f"cifar10: {f} record {bad[0]} has label {file_labels[bad[0]]}, not a class "
+                    f"0..{self.num_classes - 1} "
+                    f"({bad.size} such records): not a CIFAR-10 binary batch{_cifar10_layout_hint(root)}"
+                )
+            labels.append(file_labels)
+        self.labels = np.concatenate(labels).astype(np.int32)
+        self._offsets = np.cumsum([0, *counts])
+        self._maps = None
+        self.name = f"cifar10:{path}/{split}"
+
+    @staticmethod
+    def _class_names(root: pathlib.Path) -> list[str]:
+        meta = root / "batches.meta.txt"
+        if not meta.is_file():
+            return list(CIFAR10_CLASSES)
+        names = [line.strip() for line in meta.read_text(errors="replace").splitlines() if line.strip()]
+        if len(names) != len(CIFAR10_CLASSES):
+            raise ValueError(f"cifar10: {meta} names {len(names)} classes, CIFAR-10 has {len(CIFAR10_CLASSES)}")
+        return names
+
+    def __getstate__(self) -> dict:  # grain's worker processes map the files themselves
+        return {**self.__dict__, "_maps": None}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} records")
+        if self._maps is None:
+            self._maps = [np.memmap(f, np.uint8, "r").reshape(-1, CIFAR10_RECORD) for f in self.files]
+        file = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        record = self._maps[file][index - self._offsets[file]]
+        planes = record[1:].reshape(3, _CIFAR_SIDE, _CIFAR_SIDE)
+        return {"image": np.ascontiguousarray(planes.transpose(1, 2, 0)), "label": self.labels[index],
+                "name": f"{self.files[file]}[{index - self._offsets[file]}]"}  # fmt: skip

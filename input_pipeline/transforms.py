@@ -1,4 +1,5 @@
-"""Per-image transforms on the host: decoding, Inception crop, flip, RandAugment, eval crop.
+"""Per-image transforms on the host: decoding, Inception crop, flip, RandAugment, eval crop, and
+the CIFAR pad-and-crop (`PadCropTransform`).
 
     train = transforms.TrainTransform(224, randaugment="rand-m9-mstd0.5")
     image = train(encoded_jpeg_bytes, np.random.default_rng(seed))   # uint8 (224, 224, 3)
@@ -210,6 +211,60 @@ class EvalTransform:
         size = (self.size, self.size)
         return np.asarray(_resize_box(image, self.box(*image.size), size, self.resample, self.draft, data=data))
 
+
+def _decoded(data: bytes | np.ndarray) -> np.ndarray:
+    """Encoded bytes or a uint8 array -> uint8 RGB HWC (CorruptImage for unreadable bytes)."""
+    if isinstance(data, np.ndarray) and data.ndim == 3 and data.shape[2] == 3:
+        return data
+    try:
+        image = decode(open_image(data), data, None)
+        return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    except CorruptImage:
+        raise
+    except Exception as e:  # decoding happens here, lazily: truncated data, bad markers, ...
+        raise CorruptImage(str(e)) from None
+
+
+def _resize_whole(image: np.ndarray, size: int, resample) -> Image.Image:
+    """The whole image to size x size (MindSpore's `Resize((h, w))`; the aspect ratio is not kept)."""
+    out = Image.fromarray(image)
+    return out if out.size == (size, size) else out.resize((size, size), resample)
+
+
+class PadCropTransform:
+    """The CIFAR training augmentation (the MindSpore seed's `src/dataset.py`): pad `padding`
+    pixels of black on each side, a random crop of the image's own size, a horizontal flip, then
+    a resize of the whole crop to `size` x `size`; optional RandAugment after.
+
+    PIL's bilinear filter on an enlargement weighs the same neighbours with the same weights as
+    OpenCV's, which MindSpore's `Resize` calls (pixel centres at +0.5, edges repeated).
+    """
+
+    def __init__(self, size: int, *, padding: int = 4, hflip: float = 0.5, randaugment: str = "",
+                 interpolation: str = "bilinear", fill: tuple[int, int, int] = (128, 128, 128)):  # fmt: skip
+        if not (isinstance(padding, int) and padding >= 0):
+            raise ValueError(f"crop_padding must be a whole number of pixels >= 0, got {padding!r}")
+        if interpolation != "random" and interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r} is not one of {[*INTERPOLATIONS, 'random']}")
+        self.size, self.padding, self.hflip, self.interpolation = size, padding, hflip, interpolation
+        self.randaugment = RandAugment(randaugment, interpolation=interpolation, fill=fill) if randaugment else None
+
+    def __call__(self, data: bytes | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = _decoded(data)
+        h, w, p = image.shape[0], image.shape[1], self.padding
+        top, left = (int(v) for v in rng.integers(0, 2 * p + 1, size=2))
+        if p:
+            image = np.pad(image, ((p, p), (p, p), (0, 0)))[top : top + h, left : left + w]
+        if self.hflip and rng.random() < self.hflip:
+            image = image[:, ::-1]
+        out = _resize_whole(np.ascontiguousarray(image), self.size, _resample(self.interpolation, rng))
+        if self.randaugment is not None:
+            out = self.randaugment(out, rng)
+        return np.asarray(out)
+
+
+# Training transforms by name (`config.train_transform`).
+TRAIN_TRANSFORMS = ("inception_crop", "pad_crop")
 
 # --- RandAugment, timm's semantics (timm/data/auto_augment.py) ------------------------------------
 

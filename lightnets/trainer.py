@@ -55,7 +55,7 @@ class Setup:
     eval_source: Any
     steps_per_epoch: int
     num_train_steps: int
-    train_transform: transforms.TrainTransform
+    train_transform: Any  # transforms.TrainTransform or PadCropTransform
     eval_transform: transforms.EvalTransform
 
 
@@ -160,6 +160,7 @@ _RANGES = (
     ("data_workers", lambda v: v >= -1, "a number of processes, 0 for threads or -1 for one per core"),
     ("data_threads", _positive, "a positive number of threads"),
     ("hflip", _fraction, "a probability in [0, 1]"),
+    ("crop_padding", lambda v: v >= 0 and v == int(v), "a whole number of pixels >= 0"),
     ("crop_pct", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("reprob", _fraction, "a probability in [0, 1]"),
     ("mixup", _non_negative, "a Beta alpha >= 0 (0: off)"),
@@ -287,13 +288,23 @@ def batch_augment(config: ml_collections.ConfigDict, mesh) -> augment.BatchAugme
     return aug if aug.mixes or aug.erase_prob > 0 else None
 
 
-def data_transforms(config: ml_collections.ConfigDict) -> tuple[transforms.TrainTransform, transforms.EvalTransform]:
+def data_transforms(config: ml_collections.ConfigDict) -> tuple[Any, transforms.EvalTransform]:
     """The host-side training and evaluation transforms the config asks for (bad values raise here)."""
-    train_transform = transforms.TrainTransform(
-        config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
-        randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
-        fill=preprocessing.normalization(config).fill,
-    )  # fmt: skip
+    if config.train_transform not in transforms.TRAIN_TRANSFORMS:
+        choices = list(transforms.TRAIN_TRANSFORMS)
+        raise ValueError(f"train_transform {config.train_transform!r} is not one of {choices}")
+    fill = preprocessing.normalization(config).fill  # RandAugment's, timm's rule
+    if config.train_transform == "pad_crop":
+        train_transform = transforms.PadCropTransform(
+            config.image_size, padding=config.crop_padding, hflip=config.hflip, randaugment=config.randaugment,
+            interpolation=config.train_interpolation, fill=fill,
+        )  # fmt: skip
+    else:
+        train_transform = transforms.TrainTransform(
+            config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
+            randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
+            fill=fill,
+        )  # fmt: skip
     eval_transform = transforms.EvalTransform(
         config.image_size, crop_pct=config.crop_pct, interpolation=config.eval_interpolation, draft=config.jpeg_draft
     )

@@ -98,6 +98,44 @@ def test_step_schedule_is_timms():
         np.testing.assert_allclose(schedule(step), per_step._get_lr(step)[0], rtol=1e-4)
 
 
+def _mindspore_seed_lr(mode, lr_init, lr_end, lr_max, warmup_epochs, total_epochs, steps_per_epoch):
+    """The MindSpore MobileNetV1 seed's `src/lr_generator.py` (`_generate_poly_lr`, `_generate_liner_lr`),
+    written out again here, step by step, in float64 and then cast to float32 as `get_lr` does."""
+    total, warmup = steps_per_epoch * total_epochs, steps_per_epoch * warmup_epochs
+    rates = []
+    for i in range(total):
+        if mode == "poly":
+            if i < warmup:
+                lr = lr_init + (lr_max - lr_init) / warmup * i
+            else:
+                base = 1.0 - (i - warmup) / (total - warmup)
+                lr = max(lr_max * base * base, 0.0)
+        elif i < warmup:
+            lr = lr_init + (lr_max - lr_init) * i / warmup
+        else:
+            lr = lr_max - (lr_max - lr_end) * (i - warmup) / (total - warmup)
+        rates.append(lr)
+    return np.asarray(rates).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "schedule, lr_init, lr_max, warmup_epochs",
+    [("poly", 0.01, 0.1, 5),  # default_config.yaml (CIFAR-10): lr_decay_mode poly, lr_init 0.01, lr_max 0.1
+     ("linear", 0.0, 0.8, 0)],  # default_config_imagenet.yaml: linear, lr_init 0, lr_max 0.8, lr_end 0
+)  # fmt: skip
+def test_poly_and_linear_are_the_mindspore_seeds(schedule, lr_init, lr_max, warmup_epochs):
+    epochs, steps_per_epoch = 90, 7
+    config = _config(schedule=schedule, lr=lr_max, warmup_lr=lr_init, warmup_epochs=warmup_epochs, min_lr=0.0,
+                     num_epochs=epochs)  # fmt: skip
+    ours = trainer.schedule(config, steps_per_epoch)
+    ours = np.asarray([ours(step) for step in range(epochs * steps_per_epoch)])
+    # lr_end (1e-5 in the CIFAR config) is an argument the seed's poly never reads.
+    seed = _mindspore_seed_lr(schedule, lr_init, 1e-5 if schedule == "poly" else 0.0, lr_max, warmup_epochs, epochs,
+                              steps_per_epoch)  # fmt: skip
+    # Both sides round a few float32 operations on values <= lr_max: |diff| <= 10 ulp(lr_max).
+    np.testing.assert_allclose(ours, seed, rtol=0, atol=10 * np.finfo(np.float32).eps * lr_max)
+
+
 def test_cosine_warms_up_then_decays_to_min_lr():
     config = _config(schedule="cosine", warmup_epochs=1, warmup_lr=0.0, min_lr=1e-3, num_epochs=10)
     schedule = trainer.schedule(config, steps_per_epoch=10)

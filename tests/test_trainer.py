@@ -83,7 +83,7 @@ def test_recipes_are_the_seeds():
     assert (eff.optimizer, eff.opt_eps, eff.lr, eff.schedule, eff.decay_epochs, eff.decay_rate) == (
         "rmsprop_tf", 1e-3, 0.112, "step", 2.4, 0.97)  # fmt: skip
     assert (eff.warmup_lr, eff.weight_decay, eff.dropout, eff.drop_path_rate, eff.ema_decay, eff.image_size) == (
-        4e-6, 1e-5, 0.3, 0.2, 0.9999, 288)  # fmt: skip
+        4e-6, 1e-5, 0.3, 0.2, 0.9999, 224)  # fmt: skip
 
 
 def test_unknown_variant_lists_the_choices():
