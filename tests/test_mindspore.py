@@ -284,7 +284,7 @@ def mindspore_run(tmp_path_factory):
         np.save(out / f"images_{size}.npy", np.ascontiguousarray(photos(size).transpose(0, 3, 1, 2)))
     ours = convert.from_mindspore(NAME, random_entries(1))  # 1000 classes: the spare logit is written back
     mindspore_ckpt.write(out / "ours.ckpt", convert.to_mindspore(ours))
-    done = subprocess.run([python, HELPER, str(out)], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([python, HELPER, str(out)], capture_output=True, text=True, timeout=600, cwd=out,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
     if done.returncode:
         sys.stderr.write(done.stderr)
