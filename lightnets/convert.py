@@ -1,4 +1,5 @@
-"""Weights between lightnets and PyTorch: torchvision, timm and the Ascend ModelZoo checkpoints.
+"""Weights between lightnets and PyTorch (torchvision, timm, the Ascend ModelZoo checkpoints) or
+MindSpore (the model zoo's MobileNetV1, `from_mindspore` / `to_mindspore`; no MindSpore needed).
 
     model = convert.from_torch("mobilenet_v2_100", "mobilenet_v2.pth")   # eval mode
     state_dict = convert.to_torch(model)    # loads into torchvision's mobilenet_v2, strict=True
