@@ -2,8 +2,8 @@
 
     $LIGHTNETS_MINDSPORE_PYTHON tests/mindspore_side.py DIR
 
-Reads from DIR `images_<size>.npy` (NCHW float32 photos, any number of sizes) and `ours.ckpt`
-(written by lightnets). Writes to DIR:
+Reads from DIR `images_<size>.npy` (NCHW float32 photos, any number of sizes), `ours.ckpt` and
+`ours_split.ckpt` (the same, with a CRC and split into pieces; both written by lightnets). Writes to DIR:
 - `zoo.ckpt`: the model zoo's MobileNetV1 (1001 classes), random weights and BatchNorm
   statistics, `mindspore.save_checkpoint`; `zoo_crc.ckpt`, the same with `crc_check=True`;
   `zoo_logits_<size>.npy`: its float32 eval logits;
@@ -11,7 +11,8 @@ Reads from DIR `images_<size>.npy` (NCHW float32 photos, any number of sizes) an
   learning rate, momentum, global step); `train_logits_<size>.npy`: its eval logits after it;
 - `ours_logits_<size>.npy`: the logits of `ours.ckpt` loaded with `load_param_into_net(strict_load=True)`;
 - `info.json`: MindSpore's version, the network's parameter count, what the strict load
-  reported, and MindSpore's checkpoint descriptor (hex) for comparison with ours.
+  reported, whether `ours_split.ckpt` (read with `crc_check=True`) holds what `ours.ckpt` holds,
+  and MindSpore's checkpoint descriptor (hex) for comparison with ours.
 """
 
 import glob
@@ -107,6 +108,12 @@ def main(out):
     ours = MobileNetV1(1001)
     not_loaded = ms.load_param_into_net(ours, ms.load_checkpoint(os.path.join(out, "ours.ckpt")), strict_load=True)
     info["not_loaded"] = [list(x) for x in not_loaded]
+    # The same weights written with a CRC and in small pieces: MindSpore verifies and joins them.
+    split = ms.load_checkpoint(os.path.join(out, "ours_split.ckpt"), crc_check=True)
+    whole = ms.load_checkpoint(os.path.join(out, "ours.ckpt"))
+    info["split_equal"] = split.keys() == whole.keys() and all(
+        np.array_equal(split[k].asnumpy(), whole[k].asnumpy()) for k in whole
+    )
     for s in sizes:
         np.save(os.path.join(out, f"ours_logits_{s}.npy"), logits(ours, images[s]))
     with open(os.path.join(out, "info.json"), "w") as f:

@@ -285,6 +285,8 @@ def mindspore_run(tmp_path_factory):
         np.save(out / f"images_{size}.npy", np.ascontiguousarray(photos(size).transpose(0, 3, 1, 2)))
     ours = convert.from_mindspore(NAME, random_entries(1))  # 1000 classes: the spare logit is written back
     mindspore_ckpt.write(out / "ours.ckpt", convert.to_mindspore(ours))
+    # MindSpore splits only tensors over 512 MiB; pieces of 1 MiB split fc.weight and the 1x1 convolutions.
+    mindspore_ckpt.write(out / "ours_split.ckpt", convert.to_mindspore(ours), crc_check=True, slice_bytes=2**20)
     done = subprocess.run([python, HELPER, str(out)], capture_output=True, text=True, timeout=600, cwd=out,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
     if done.returncode:
@@ -337,6 +339,7 @@ def test_a_training_checkpoint_converts(mindspore_run):
 def test_our_checkpoint_loads_strictly_in_mindspore(mindspore_run):
     out, ours, info = mindspore_run
     assert info["not_loaded"] == [[], []]  # load_param_into_net(strict_load=True): nothing left over
+    assert info["split_equal"]  # our CRC and our pieces, as MindSpore's load_checkpoint reads them
     for size in SIZES:
         theirs = np.load(out / f"ours_logits_{size}.npy")
         assert_close(logits(ours, size), theirs[:, :1000])
