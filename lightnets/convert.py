@@ -150,6 +150,13 @@ _NAMERS = {
 }
 
 
+def _check_torch_variant(name: str) -> None:
+    """A MindSpore network (other padding than any PyTorch layout's) is refused, not silently mixed."""
+    if default_layout(name) not in LAYOUTS:
+        raise ValueError(f"{name} is a MindSpore network, with no PyTorch layout: its checkpoints convert with "
+                         "--mindspore_checkpoint / --to_mindspore (from_mindspore, to_mindspore)")  # fmt: skip
+
+
 def default_layout(variant: str) -> str:
     """The layout of a variant's reference implementation: "torchvision" or "timm"."""
     return model_info(variant).reference.split(":", 1)[0]
@@ -336,6 +343,7 @@ def from_torch(
         differs, when the checkpoint is of another architecture, width or class count.
       NonFiniteError: naming the tensors that hold a nan or an inf.
     """
+    _check_torch_variant(name)
     what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     state_dict = load_state_dict(checkpoint)
 
@@ -422,6 +430,8 @@ def to_torch(model: nnx.Module, *, layout: str | None = None, allow_nonfinite: b
         if not hasattr(model, "variant"):
             raise ValueError("the model has no `variant` (not built by create_model): pass layout=")
         layout = default_layout(model.variant)
+    if hasattr(model, "variant"):
+        _check_torch_variant(model.variant)
     state = dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
     names = torch_names(model, layout)
     values = {theirs: np.asarray(jax.device_get(state[ours][...])) for ours, theirs in names.items()}
@@ -584,10 +594,8 @@ def parse_reference(reference: str) -> tuple[str, str, dict[str, Any]]:
 
 def reference_model(name: str, num_classes: int = 1000):
     """The PyTorch model a variant reproduces (torchvision or timm must be installed), eval mode."""
+    _check_torch_variant(name)
     library, fn, kwargs = parse_reference(model_info(name).reference)
-    if library == "mindspore":
-        raise ValueError(f"{name} is a MindSpore network, with no PyTorch reference: convert its checkpoints with "
-                         "--mindspore_checkpoint / --to_mindspore")  # fmt: skip
     if library == "torchvision":
         import torchvision
 

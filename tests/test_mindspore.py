@@ -194,6 +194,12 @@ def test_only_mindspore_networks_convert():
         convert.from_mindspore("mobilenet_v1_100", random_entries(0))
     with pytest.raises(ValueError, match="is not a MindSpore network"):
         convert.to_mindspore(lightnets.create_model("mobilenet_v1_025"))
+    # ... nor the other way: timm's weights in the "same"-padded network would compute something else.
+    timm_state = convert.to_torch(lightnets.create_model("mobilenet_v1_100"))
+    with pytest.raises(ValueError, match="mobilenet_v1_100_ms is a MindSpore network, with no PyTorch layout"):
+        convert.from_torch(NAME, timm_state)
+    with pytest.raises(ValueError, match="no PyTorch layout"):
+        convert.to_torch(lightnets.create_model(NAME), layout="timm")
 
 
 def test_the_spare_logit_is_dropped_and_written_back():
