@@ -221,6 +221,16 @@ def test_the_spare_logit_is_dropped_and_written_back():
     np.testing.assert_array_equal(convert.to_mindspore(kept)["fc.bias"], entries["fc.bias"])  # 1001: unchanged
 
 
+def test_a_cifar10_checkpoint_needs_its_class_count():
+    """The seed's CIFAR-10 recipe trains `class_num: 10`."""
+    entries = random_entries(0, num_classes=10)
+    with pytest.raises(convert.CheckpointMismatchError, match="It classifies 10 classes: pass num_classes=10"):
+        convert.from_mindspore(NAME, entries)
+    model = convert.from_mindspore(NAME, entries, num_classes=10)
+    back = convert.to_mindspore(model)
+    assert back.keys() == entries.keys() and all(np.array_equal(back[k], v) for k, v in entries.items())
+
+
 def test_a_checkpoint_that_does_not_fit_loads_nothing_and_lists_everything():
     entries = random_entries(0)
     del entries["network.3.0.weight"]
