@@ -1,4 +1,5 @@
-"""Weights between lightnets and PyTorch: torchvision, timm and the Ascend ModelZoo checkpoints.
+"""Weights between lightnets and PyTorch (torchvision, timm, the Ascend ModelZoo checkpoints) or
+MindSpore (the model zoo's MobileNetV1, `from_mindspore` / `to_mindspore`; no MindSpore needed).
 
     model = convert.from_torch("mobilenet_v2_100", "mobilenet_v2.pth")   # eval mode
     state_dict = convert.to_torch(model)    # loads into torchvision's mobilenet_v2, strict=True
@@ -27,7 +28,7 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -38,7 +39,7 @@ from flax import nnx
 from lightnets import checkpoint, cli, preprocessing
 from lightnets.checkpoint import check_finite
 from lightnets.layers import BatchNorm, Conv2d, Linear
-from lightnets.registry import create_model, forward, model_info
+from lightnets.registry import create_model, forward, list_models, model_info
 
 PROG = "python -m lightnets.convert"
 LAYOUTS = ("torchvision", "timm")
@@ -64,6 +65,13 @@ class CheckpointMismatchError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Names: our module paths -> PyTorch module names
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_torch_variant(name: str) -> None:
+    """A MindSpore network (other padding than any PyTorch layout's) is refused, not silently mixed."""
+    if default_layout(name) not in LAYOUTS:
+        raise ValueError(f"{name} is a MindSpore network, with no PyTorch layout: its checkpoints convert with "
+                         "--mindspore_checkpoint / --to_mindspore (from_mindspore, to_mindspore)")  # fmt: skip
 
 
 def default_layout(variant: str) -> str:
@@ -252,18 +260,43 @@ def from_torch(
         differs, when the checkpoint is of another architecture, width or class count.
       NonFiniteError: naming the tensors that hold a nan or an inf.
     """
+    _check_torch_variant(name)
     what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     state_dict = load_state_dict(checkpoint)
+
+    def names_of(abstract: nnx.Module) -> dict[tuple, str]:
+        nonlocal layout
+        if layout is None:
+            layout = detect_layout(state_dict)
+            if layout not in abstract.TORCH_LAYOUTS:
+                layout = default_layout(name)  # another network's checkpoint: report its keys against ours
+        return torch_names(abstract, layout)
+
+    return _load(name, state_dict, what, names_of, lambda: layout, num_classes=num_classes, dtype=dtype, rngs=rngs,
+                 allow_nonfinite=allow_nonfinite)  # fmt: skip
+
+
+def _load(
+    name: str,
+    state_dict: Mapping[str, np.ndarray],
+    what: str,
+    names_of: Callable[[nnx.Module], dict[tuple, str]],
+    layout_of: Callable[[], str],
+    *,
+    num_classes: int | None,
+    dtype: Any,
+    rngs: nnx.Rngs | None,
+    allow_nonfinite: bool,
+) -> nnx.Module:
+    """`name` with the weights of `state_dict` (their names from `names_of(model)`, their layout
+    PyTorch's), all or nothing; `from_torch`'s guarantees, for any framework's names."""
     classes = 1000 if num_classes is None else num_classes
     abstract = nnx.eval_shape(lambda: create_model(name, num_classes=classes, dtype=dtype))
-    if layout is None:
-        layout = detect_layout(state_dict)
-        if layout not in abstract.TORCH_LAYOUTS:
-            layout = default_layout(name)  # another network's checkpoint: report its keys against ours
-    names = torch_names(abstract, layout)
+    names = names_of(abstract)
+    layout = layout_of()
     # The classifier's keys are the same whatever its size: take them from a 1000-class model.
     with_head = abstract if classes == 1000 else nnx.eval_shape(lambda: create_model(name, dtype=dtype))
-    head = {theirs for ours, theirs in torch_names(with_head, layout).items() if abstract.is_head(ours)}
+    head = {theirs for ours, theirs in names_of(with_head).items() if abstract.is_head(ours)}
     ckpt_classes = next((int(state_dict[k].shape[0]) for k in sorted(head) if k in state_dict), None)
     if num_classes is not None and ckpt_classes != num_classes:
         # The caller asked for another classifier: the checkpoint's is left out, a new one is made.
@@ -314,6 +347,8 @@ def to_torch(model: nnx.Module, *, layout: str | None = None, allow_nonfinite: b
         if not hasattr(model, "variant"):
             raise ValueError("the model has no `variant` (not built by create_model): pass layout=")
         layout = default_layout(model.variant)
+    if hasattr(model, "variant"):
+        _check_torch_variant(model.variant)
     state = dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
     names = torch_names(model, layout)
     values = {theirs: np.asarray(jax.device_get(state[ours][...])) for ours, theirs in names.items()}
@@ -325,6 +360,134 @@ def to_torch(model: nnx.Module, *, layout: str | None = None, allow_nonfinite: b
             out[theirs] = torch.tensor(int(values[theirs]), dtype=torch.int64)
         else:
             out[theirs] = torch.from_numpy(np.array(_to_theirs(values[theirs], ours)))  # a writable copy
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# MindSpore: the model zoo's networks and their .ckpt files
+# ---------------------------------------------------------------------------------------------
+
+# MindSpore's variable names, per layer type (mindspore.nn.Conv2d and Dense: `weight`, `bias`,
+# in PyTorch's layouts; BatchNorm2d: no num_batches_tracked).
+_MINDSPORE_VARIABLES = {
+    Conv2d: {"kernel": "weight", "bias": "bias"},
+    Linear: {"kernel": "weight", "bias": "bias"},
+    BatchNorm: {"scale": "gamma", "bias": "beta", "mean": "moving_mean", "var": "moving_variance"},
+}
+
+
+def mindspore_variants() -> list[str]:
+    """The registered variants that are MindSpore networks (their reference is "mindspore:...")."""
+    return [n for n in list_models() if parse_reference(model_info(n).reference)[0] == "mindspore"]
+
+
+def _mindspore_classes(name: str) -> int:
+    """The class count of the MindSpore reference's ImageNet head (1001 for the model zoo's MobileNetV1)."""
+    return parse_reference(model_info(name).reference)[2].get("class_num", 1000)
+
+
+def mindspore_names(model: nnx.Module) -> dict[tuple, str]:
+    """Our variable path -> MindSpore parameter name; the family names its layers (`mindspore_name`)."""
+    variant = getattr(model, "variant", type(model).__name__)
+    namer = getattr(model, "mindspore_name", None)
+    if namer is None or variant not in mindspore_variants():
+        raise ValueError(f"{variant} is not a MindSpore network; MindSpore checkpoints convert to and from "
+                         f"{', '.join(mindspore_variants())}")  # fmt: skip
+    names = {}
+    for path, module in nnx.iter_graph(model):
+        variables = _MINDSPORE_VARIABLES.get(type(module))
+        if variables is None:
+            continue
+        prefix = namer(tuple(path))
+        for ours, theirs in variables.items():
+            if getattr(module, ours, None) is not None:
+                names[(*path, ours)] = f"{prefix}.{theirs}"
+    return names
+
+
+def _is_training_state(key: str, value: Any, weights: set[str]) -> bool:
+    """An entry of a MindSpore training checkpoint that is not a weight: an optimiser slot of a
+    weight (Momentum's `moments.<weight>`, Adam's `adam_m.<weight>`, ...), or a scalar or a string
+    (`learning_rate`, `global_step`, `momentum`, the loss scale, `epoch_num`, ...)."""
+    if isinstance(value, str) or np.asarray(value).size <= 1:
+        return True
+    return "." in key and key.split(".", 1)[1] in weights
+
+
+def from_mindspore(
+    name: str,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    num_classes: int | None = None,
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+    allow_nonfinite: bool = False,
+    notes: list[str] | None = None,
+) -> nnx.Module:
+    """A lightnets network with the weights of a MindSpore checkpoint, in eval mode.
+
+    As `from_torch`, all or nothing. A training checkpoint's optimiser state and scalars are
+    left out. The model zoo's ImageNet head has one spare logit after ImageNet's 1000 classes
+    (see `lightnets.models.mobilenet_v1`): with `num_classes=None` (or 1000) it is dropped, giving
+    ImageNet's 1000 classes in our class order; `num_classes=1001` keeps it.
+
+    Args:
+      checkpoint: a `.ckpt` path, or its entries as `mindspore_ckpt.read` returns them.
+      notes: if a list, a line is appended for each thing left out.
+    """
+    from lightnets import mindspore_ckpt
+
+    what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+    entries = mindspore_ckpt.read(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else dict(checkpoint)
+    names_of = mindspore_names
+    reference = nnx.eval_shape(lambda: create_model(name))
+    expected = names_of(reference)  # also refuses a non-MindSpore variant
+    weights = set(expected.values())
+    ignored = [k for k, v in entries.items() if k not in weights and _is_training_state(k, v, weights)]
+    state = {k: v for k, v in entries.items() if k not in ignored}
+    strings = [k for k, v in state.items() if isinstance(v, str)]
+    if strings:
+        raise ValueError(f"{what}: {', '.join(strings)} hold strings, not weights")
+    # Half-precision weights widen to float32 exactly.
+    state = {k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v
+             for k, v in state.items()}  # fmt: skip
+    said = notes if notes is not None else []
+    if ignored:
+        said.append(f"left out {len(ignored)} entries of the training state (optimiser slots, scalars): "
+                    f"{', '.join(sorted(ignored, key=_natural)[:4])}{', ...' if len(ignored) > 4 else ''}")  # fmt: skip
+    spare = _mindspore_classes(name) - 1000
+    head = sorted(theirs for ours, theirs in expected.items() if reference.is_head(ours))
+    with_spare = all(state.get(k, np.zeros(0)).shape[:1] == (1000 + spare,) for k in head)
+    if num_classes in (None, 1000) and spare > 0 and with_spare:
+        state.update({k: state[k][:1000] for k in head})
+        said.append(f"dropped the classifier's {spare} spare logit(s) after ImageNet's 1000 classes (num_classes="
+                    f"{1000 + spare} keeps them)")  # fmt: skip
+    return _load(name, state, what, names_of, lambda: "MindSpore", num_classes=num_classes, dtype=dtype, rngs=rngs,
+                 allow_nonfinite=allow_nonfinite)  # fmt: skip
+
+
+def to_mindspore(model: nnx.Module, *, allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
+    """The entries of a `.ckpt` (for `mindspore_ckpt.write`) that the MindSpore reference network
+    loads with `load_param_into_net(strict_load=True)`.
+
+    A 1000-class model gets back the reference's spare logit(s), with a zero weight and the
+    family's `mindspore_spare_bias`, so that the model zoo's 1001-class network loads it.
+    """
+    names = mindspore_names(model)
+    state = dict(nnx.to_flat_state(nnx.state(model, (nnx.Param, nnx.BatchStat))))
+    values = {theirs: np.asarray(jax.device_get(state[ours][...])) for ours, theirs in names.items()}
+    if not allow_nonfinite:
+        check_finite(values, f"the {model.variant} weights")
+    out = {theirs: np.ascontiguousarray(_to_theirs(values[theirs], ours), np.float32)
+           for ours, theirs in sorted(names.items(), key=lambda item: _natural(item[1]))}  # fmt: skip
+    spare = _mindspore_classes(model.variant) - 1000
+    if spare > 0 and model.num_classes == 1000:
+        for ours, theirs in names.items():
+            if model.is_head(ours):
+                extra = np.zeros((spare, *out[theirs].shape[1:]), np.float32)
+                if ours[-1] == "bias":
+                    extra[:] = model.mindspore_spare_bias
+                out[theirs] = np.concatenate([out[theirs], extra])
     return out
 
 
@@ -349,6 +512,7 @@ def parse_reference(reference: str) -> tuple[str, str, dict[str, Any]]:
 
 def reference_model(name: str, num_classes: int = 1000):
     """The PyTorch model a variant reproduces (torchvision or timm must be installed), eval mode."""
+    _check_torch_variant(name)
     library, fn, kwargs = parse_reference(model_info(name).reference)
     if library == "torchvision":
         import torchvision
@@ -428,61 +592,137 @@ def _verification_images(args, name: str) -> np.ndarray:
     return prep.normalize(photos.sample_pixels(prep.image_size, views=4))  # each photo, its mirror image, two crops
 
 
+def _verify_mindspore_read(model: nnx.Module, path: str) -> bool:
+    """--verify of --mindspore_checkpoint: our weights, written back, are the file's tensors bit for bit."""
+    from lightnets import mindspore_ckpt
+
+    entries = mindspore_ckpt.read(path)
+    ours = to_mindspore(model, allow_nonfinite=True)
+    head = {theirs for ours_path, theirs in mindspore_names(model).items() if model.is_head(ours_path)}
+    rows = {len(entries[k]) for k in head if k in entries}
+    if rows - {model.num_classes, model.num_classes + _mindspore_classes(model.variant) - 1000}:
+        ours = {k: v for k, v in ours.items() if k not in head}  # a new classifier: not the file's
+    # A classifier whose spare logit was dropped is compared on the rows the two share.
+    same = [k for k, v in ours.items() if k in entries and np.array_equal(entries[k][: len(v)], v[: len(entries[k])])]
+    good = len(same) == len(ours)
+    verdict = "ok" if good else "FAILED"
+    print(f"float32   {len(same)} of {len(ours)} tensors of {path} reproduced bit for bit: {verdict}")
+    return good
+
+
+def _verify_mindspore_write(model: nnx.Module, path: os.PathLike, images: np.ndarray) -> bool:
+    """--verify of --to_mindspore: the written file, read back and converted, computes what `model` computes."""
+    back = from_mindspore(model.variant, path, num_classes=model.num_classes, allow_nonfinite=True)
+    forward = nnx.jit(lambda m, x: m(x))
+    ours, theirs = (np.asarray(forward(m, jnp.asarray(images)), np.float32) for m in (model, back))
+    diff = float(np.abs(ours - theirs).max())
+    relative = diff / float(np.abs(ours).max())
+    good = relative <= 1e-4 and bool((ours.argmax(1) == theirs.argmax(1)).all()) and math.isfinite(diff)
+    print(f"float32   {path} read back: max |logit difference| {diff:.3g} ({relative:.2g} of max |logit|) on "
+          f"{len(images)} images: {'ok' if good else 'FAILED'}")  # fmt: skip
+    return good
+
+
 def main(argv: list[str] | None = None) -> int:
 
     parser = cli.ArgumentParser(
         prog=PROG,
-        description="Convert weights between PyTorch checkpoints and lightnets weights directories.",
+        description="Convert weights between PyTorch or MindSpore checkpoints and lightnets weights directories.",
         epilog="PyTorch -> lightnets: --model NAME --torch_checkpoint PATH --output DIR. "
         "lightnets -> PyTorch: --checkpoint DIR --to_torch OUT.pth. Add --verify to compare with "
-        "the reference PyTorch model (torchvision or timm must be installed) before anything is written.",
+        "the reference PyTorch model (torchvision or timm must be installed) before anything is written. "
+        "MindSpore -> lightnets: --model mobilenet_v1_100_ms --mindspore_checkpoint F.ckpt --output DIR; "
+        "lightnets -> MindSpore: --checkpoint DIR --to_mindspore OUT.ckpt (MindSpore need not be installed).",
     )
-    parser.add_argument("--model", help="registered variant of the PyTorch checkpoint (see lightnets.list_models())")
+    parser.add_argument("--model", help="registered variant of the checkpoint (see lightnets.list_models())")
     parser.add_argument("--torch_checkpoint", help="PyTorch state dict, training checkpoint or .safetensors file")
+    parser.add_argument("--mindspore_checkpoint", help="MindSpore .ckpt (weights or a training checkpoint)")
     parser.add_argument("--output", help="lightnets weights directory to write")
     parser.add_argument("--checkpoint", help="lightnets weights directory to read")
     parser.add_argument("--to_torch", help="PyTorch state dict (.pth) to write from --checkpoint")
+    parser.add_argument("--to_mindspore", help="MindSpore .ckpt to write from --checkpoint")
+    parser.add_argument("--crc_check", action="store_true",
+                        help="--to_mindspore: end the file in the CRC-32 that crc_check=True verifies")  # fmt: skip
     parser.add_argument("--num_classes", type=int, help="classifier size (default: the checkpoint's must be 1000)")
     parser.add_argument("--layout", choices=LAYOUTS, help="state-dict layout (default: detected / the reference's)")
     parser.add_argument("--verify", action="store_true",
-                        help="compare with the reference PyTorch model on photos; write only if it agrees")  # fmt: skip
+                        help="PyTorch: compare with the reference PyTorch model on photos; MindSpore: compare the "
+                             "conversion read back with what was read; write only if it agrees")  # fmt: skip
     parser.add_argument("--images", nargs="+", help="image files or globs for --verify (default: sample photos)")
     parser.add_argument("--resolution", type=int, help="--verify resolution (default: the variant's reference one)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output, an existing --to_torch")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --output, an existing --to_torch or --to_mindspore")  # fmt: skip
     parser.add_argument("--allow_nonfinite", action="store_true",
                         help="convert weights holding a nan or an inf (refused by default)")  # fmt: skip
     args = parser.parse_args(argv)
 
-    if args.torch_checkpoint:
+    if args.torch_checkpoint and args.mindspore_checkpoint:
+        parser.error("give --torch_checkpoint or --mindspore_checkpoint, not both")
+    if args.to_torch and args.to_mindspore:
+        parser.error("give --to_torch or --to_mindspore, not both")
+    mindspore = bool(args.mindspore_checkpoint or args.to_mindspore)
+    if args.torch_checkpoint or args.mindspore_checkpoint:
+        source = args.torch_checkpoint or args.mindspore_checkpoint
+        flag = "--torch_checkpoint" if args.torch_checkpoint else "--mindspore_checkpoint"
         if not (args.model and args.output):
-            parser.error("--torch_checkpoint needs --model and --output")
+            parser.error(f"{flag} needs --model and --output")
         output = checkpoint.check_destination(args.output, overwrite=args.overwrite)  # before the long work
-        model = from_torch(args.model, args.torch_checkpoint, num_classes=args.num_classes, layout=args.layout,
-                           allow_nonfinite=args.allow_nonfinite)  # fmt: skip
+        if mindspore:
+            notes = []
+            model = from_mindspore(args.model, source, num_classes=args.num_classes,
+                                   allow_nonfinite=args.allow_nonfinite, notes=notes)  # fmt: skip
+            for note in notes:
+                print(f"{PROG}: note: {note}", file=sys.stderr)
+        else:
+            model = from_torch(args.model, source, num_classes=args.num_classes, layout=args.layout,
+                               allow_nonfinite=args.allow_nonfinite)  # fmt: skip
         name = args.model
     elif args.checkpoint:
-        if not args.to_torch:
-            parser.error("--checkpoint needs --to_torch")
-        output = checkpoint.check_destination(args.to_torch, overwrite=args.overwrite, directory=False)
+        target = args.to_torch or args.to_mindspore
+        if not target:
+            parser.error("--checkpoint needs --to_torch or --to_mindspore")
+        output = checkpoint.check_destination(target, overwrite=args.overwrite, directory=False)
         model = checkpoint.load_weights(args.checkpoint, allow_nonfinite=args.allow_nonfinite)
         name = model.variant
-        state_dict = to_torch(model, layout=args.layout, allow_nonfinite=args.allow_nonfinite)
+        if mindspore:
+            entries = to_mindspore(model, allow_nonfinite=args.allow_nonfinite)
+        else:
+            state_dict = to_torch(model, layout=args.layout, allow_nonfinite=args.allow_nonfinite)
     else:
-        parser.error("give --torch_checkpoint (PyTorch -> lightnets) or --checkpoint (lightnets -> PyTorch)")
+        parser.error(
+            "give --torch_checkpoint or --mindspore_checkpoint (-> lightnets) or --checkpoint (lightnets -> PyTorch "
+            "or MindSpore)"
+        )
 
-    if args.verify:
-        if model.num_classes == 0:
-            raise ValueError("--verify needs a classifier: this model has none (num_classes=0)")
+    if args.verify and model.num_classes == 0:
+        raise ValueError("--verify needs a classifier: this model has none (num_classes=0)")
+    if args.verify and not mindspore:
         # The reference loads what we convert to, in its own layout, with strict=True.
         reference_state = to_torch(model, allow_nonfinite=True)  # verify judges non-finite weights: they fail
         if not verify(name, reference_state, _verification_images(args, name), num_classes=model.num_classes):
             print(f"{PROG}: the conversion does not compute what the reference computes; nothing was written",
                   file=sys.stderr)  # fmt: skip
             return 1
+    if args.verify and args.mindspore_checkpoint and not _verify_mindspore_read(model, args.mindspore_checkpoint):
+        print(f"{PROG}: the conversion does not hold the checkpoint's weights; nothing was written", file=sys.stderr)
+        return 1
 
-    if args.torch_checkpoint:
+    if args.torch_checkpoint or args.mindspore_checkpoint:
         checkpoint.save_weights(model, output, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite)
         print(f"wrote {name} ({model.num_classes} classes) to {output}")
+    elif mindspore:
+        from lightnets import mindspore_ckpt
+
+        partial = output.with_name(output.name + ".partial")  # a cut-off or unverified write never looks complete
+        mindspore_ckpt.write(partial, entries, crc_check=args.crc_check)
+        if args.verify and not _verify_mindspore_write(model, partial, _verification_images(args, name)):
+            partial.unlink()
+            print(f"{PROG}: {output} read back does not compute what {args.checkpoint} computes; nothing was written",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        partial.replace(output)
+        classes = next(len(entries[theirs]) for ours, theirs in mindspore_names(model).items() if model.is_head(ours))
+        print(f"wrote {name} ({classes} classes) as a MindSpore checkpoint to {output}")
     else:
         import torch
 

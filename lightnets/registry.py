@@ -30,7 +30,8 @@ class ModelInfo:
         family's own options (`dropout`, `drop_path_rate`, ...).
       resolution: the reference's input resolution (pixels, square).
       reference: the PyTorch model this variant reproduces, "library:name" with the builder's
-        arguments, e.g. "torchvision:mobilenet_v2(width_mult=0.35)" or "timm:mobilenetv1_100".
+        arguments, e.g. "torchvision:mobilenet_v2(width_mult=0.35)" or "timm:mobilenetv1_100";
+        "mindspore:..." for a MindSpore model zoo network (its checkpoints: `convert.from_mindspore`).
       defaults: the options the builder gets unless the caller overrides them.
       crop_pct, interpolation, mean, std: the reference's evaluation preprocessing at
         `resolution` (resize the shorter side to `resolution / crop_pct`, centre crop, normalise),

@@ -4,6 +4,7 @@ Parameter counts (1000 classes) and MMACs at the reference resolution, copied fr
 `shared/reference/models.md` (torchvision 0.27, timm 1.0.31, MACs from
 `torch.utils.flop_counter`). MobileNetV1 at widths 0.25-0.75 is not registered in timm; its
 counts are those of timm 1.0.31's `_gen_mobilenet_v1(channel_multiplier=w)`, which has no MAC figure.
+`mobilenet_v1_100_ms` is MindSpore's model zoo network (MindSpore 2.10).
 """
 
 REFERENCE = {
@@ -13,6 +14,10 @@ REFERENCE = {
     "mobilenet_v1_075": ("timm _gen_mobilenet_v1(0.75)", 2_585_560, None),
     "mobilenet_v1_100": ("timm mobilenetv1_100", 4_231_976, 568.7),
     "mobilenet_v1_125": ("timm mobilenetv1_125", 6_270_840, 879.5),
+    # MindSpore's model zoo network with class_num=1000 (tests/mindspore_side.py counts 4,233,001
+    # trainable parameters at its 1001 classes, test_mindspore checks ours against it); the same
+    # layers and output sizes as timm's mobilenetv1_100, hence its MACs.
+    "mobilenet_v1_100_ms": ("MindSpore model zoo mobilenet_v1(class_num=1000)", 4_231_976, 568.7),
     "mobilenet_v2_035": ("torchvision mobilenet_v2 width=0.35", 1_677_128, 59.3),
     "mobilenet_v2_050": ("torchvision mobilenet_v2 width=0.5", 1_968_680, 97.1),
     "mobilenet_v2_075": ("torchvision mobilenet_v2 width=0.75", 2_636_424, 209.1),

@@ -29,7 +29,9 @@ from tests.torch_helpers import randomize  # noqa: E402  (needs torch)
 # Beyond the smallest of each family: the other EfficientNetV2 implementations (torchvision's,
 # with symmetric padding, and timm's rw), the seeds' EfficientNetV2.
 CI_VARIANTS = (*SMALLEST, "efficientnet_v2_s", "efficientnet_v2_rw_t")
-SLOW_VARIANTS = [pytest.param(n, marks=pytest.mark.slow) for n in lightnets.list_models() if n not in CI_VARIANTS]
+# MindSpore's networks have no PyTorch reference: tests/test_mindspore.py checks them against MindSpore.
+TORCH_VARIANTS = [n for n in lightnets.list_models() if n not in convert.mindspore_variants()]
+SLOW_VARIANTS = [pytest.param(n, marks=pytest.mark.slow) for n in TORCH_VARIANTS if n not in CI_VARIANTS]
 
 
 @functools.cache

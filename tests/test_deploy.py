@@ -81,6 +81,9 @@ def test_registry_preprocessing_is_the_references(variant):
         assert info.resolution == cfg.input_size[-1]
         assert info.crop_pct == pytest.approx(cfg.crop_pct)
         assert (info.interpolation, info.mean, info.std) == (cfg.interpolation, tuple(cfg.mean), tuple(cfg.std))
+    elif library == "mindspore":  # the model zoo's src/dataset.py: Decode, Resize(256), CenterCrop(224), Normalize
+        assert (info.resolution, info.crop_pct, info.interpolation) == (224, 224 / 256, "bilinear")
+        assert (info.mean, info.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     else:
         import torchvision.models as tvm
 
