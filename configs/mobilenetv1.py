@@ -22,4 +22,6 @@ def get_config(variant: str = ""):
     c.weight_decay = 5e-5
     c.schedule = "cosine"
     c.label_smoothing = 0.1
+    # The ModelZoo config's `loss_scale: 1024` (FixedLossScaleManager); used with --config.dtype=float16.
+    c.loss_scale = "1024"
     return c
