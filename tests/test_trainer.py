@@ -356,17 +356,24 @@ def test_float16_run_stopped_and_resumed_is_bit_for_bit_with_its_loss_scale(unin
 
 
 def test_float16_run_whose_loss_scale_collapses_stops_as_a_divergence(tmp_path, monkeypatch):
-    """Activations that overflow float16 whatever the scale (inputs x 1e5, past its 65504): every
-    step is skipped and halves the scale, from 2**15 to 2**-1 at the 16th, where the run stops."""
-    normalize = train.normalize_images
-    monkeypatch.setattr(train, "normalize_images", lambda images, dtype: (normalize(images) * 1e5).astype(dtype))
+    """A first layer whose weights overflow float16 whatever the scale (x 1e6: past its 65504, still
+    finite in float32): every step is skipped and halves the scale, from 2**15 to 2**-1 at the
+    16th, where the run stops. The weights are state, not program: the fixture's compiled step serves."""
+    build_model = trainer.build_model
+
+    def overflowing(config, num_classes):
+        model = build_model(config, num_classes)
+        model.conv_stem.kernel[...] = model.conv_stem.kernel[...] * 1e6
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", overflowing)
     config = tiny(dtype="float16", log_every_steps=4, checkpoint_every_steps=4)
     with pytest.raises(
         trainer.TrainingDiverged,
         match=r"diverged at step 16: the float16 loss scale fell below 1 "
         r"\(0.5; 16 steps skipped in all\).*last good checkpoint is step 12.*--config.dtype=bfloat16",
     ):
-        trainer.train_and_evaluate(config, str(tmp_path))  # fmt: skip
+        trainer.train_and_evaluate(config, str(tmp_path))
     assert checkpoint.RunCheckpoints(tmp_path / "checkpoints").latest_step() == 12
 
 
