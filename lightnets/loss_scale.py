@@ -14,7 +14,9 @@ The dynamic rule is jmp's `DynamicLossScale` (and PyTorch's `GradScaler`): start
 at each non-finite gradient, double after `period` finite steps in a row. Unlike jmp we do not
 floor the scale at 1: a scale below 1 means the gradients are not finite even unscaled, and the
 trainer stops the run as diverged. A fixed scale never changes; a non-finite gradient still skips
-the step, as MindSpore's `FixedLossScaleManager(drop_overflow_update=True)`, its default, does.
+the step, as MindSpore's `FixedLossScaleManager(drop_overflow_update=True)`, its default, does
+(a fixed scale that overflows at every step is not stopped: its skipped steps show in the
+console line and TensorBoard).
 bfloat16 has float32's exponent range and needs no scale.
 """
 
@@ -82,14 +84,14 @@ def select(keep: jax.Array, new, old):
     return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)
 
 
-def from_config(loss_scale: str, dtype: str, period: int = PERIOD) -> LossScale | None:
+def from_config(loss_scale: str, dtype: str) -> LossScale | None:
     """The rule `config.loss_scale` asks for: "dynamic" or a number; None for bfloat16 and float32.
 
     Raises ValueError for anything else, naming what would work.
     """
     value = str(loss_scale).strip().lower()
     if value == "dynamic":
-        rule = LossScale(dynamic=True, period=period)
+        rule = LossScale(dynamic=True)
     else:
         try:
             fixed = float(value)
@@ -97,10 +99,5 @@ def from_config(loss_scale: str, dtype: str, period: int = PERIOD) -> LossScale 
             fixed = math.nan
         if not (math.isfinite(fixed) and fixed >= 1):
             raise ValueError(f"loss_scale={loss_scale!r}: use 'dynamic' or a fixed scale >= 1, e.g. 1024")
-        rule = LossScale(dynamic=False, initial=fixed, period=period)
+        rule = LossScale(dynamic=False, initial=fixed)
     return rule if dtype == "float16" else None
-
-
-def collapsed(state: LossScaleState) -> bool:
-    """Whether a dynamic scale fell below 1: the gradients overflow even unscaled (host values)."""
-    return float(state.scale) < 1
