@@ -16,6 +16,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = "tfds:imagenet2012"  # digits, synthetic[:N], tfds:NAME, folder:PATH, prepared:PATH, cifar10:PATH
     c.image_size = 224  # training and evaluation resolution, pixels (square)
     c.dtype = "bfloat16"  # computation dtype; parameters and BatchNorm statistics stay float32
+    # float16 only (lightnets/loss_scale.py): "dynamic" (jmp's rule: start at 2**15, halve and skip
+    # the step at a non-finite gradient, double after 2000 finite steps) or a fixed scale, e.g.
+    # "1024" as the MindSpore seed (a non-finite gradient still skips the step). Ignored for
+    # bfloat16 and float32, whose exponent range needs no scale.
+    c.loss_scale = "dynamic"
     # The per-channel normalisation of RGB in [0, 1] that the network sees, in training, evaluation,
     # predict and export alike; None: the model's reference (`lightnets.model_info(model).mean/std`),
     # or, with init_from, the one the weights were trained with.

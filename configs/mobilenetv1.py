@@ -45,6 +45,8 @@ def get_config(variant: str = ""):
     c.crop_ratio = (0.75, 1.333)  # src/dataset.py's RandomCropDecodeResize, not 4/3
     c.hflip = 0.5
     c.crop_pct = 224 / 256  # Resize(256), CenterCrop(224)
+    # The ModelZoo config's `loss_scale: 1024` (FixedLossScaleManager); used with --config.dtype=float16.
+    c.loss_scale = "1024"
     return c
 
 

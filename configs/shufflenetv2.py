@@ -28,4 +28,5 @@ def get_config(variant: str = ""):
     c.weight_decay_norm_and_bias = True  # NpuFusedSGD(model.parameters(), weight_decay=...)
     c.label_smoothing = 0.0  # nn.CrossEntropyLoss()
     c.seed = 49
+    c.loss_scale = "64"  # with --config.dtype=float16: the seed's apex `--loss-scale` default (docs/recipes.md)
     return c

@@ -6,7 +6,7 @@ the CIFAR pad-and-crop (`PadCropTransform`).
     image = transforms.EvalTransform(224, crop_pct=0.875)(encoded_jpeg_bytes)
 
 Everything takes either encoded bytes (JPEG, PNG, ...) or a uint8 array and returns uint8 RGB
-HWC: images cross to the device as uint8 and are normalised there (`train.normalize_images`).
+HWC: images cross to the device as uint8 and are normalised there (`lightnets.preprocessing.Normalize.on_device`).
 Randomness comes from the numpy Generator passed in (grain's `random_map` derives it from the
 seed and the example's position), so a pipeline is reproducible and resumable.
 

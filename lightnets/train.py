@@ -10,7 +10,9 @@ global batch (XLA inserts the cross-device reductions). The state is replicated,
 `fsdp=True` its large arrays (parameters, their optimiser state and EMA) are split over the same
 axis: XLA then gathers each parameter for the step and reduce-scatters its gradient. The state is
 donated: its buffers are reused for the new one. Parameters and BatchNorm statistics stay
-float32; the model computes in its own `dtype`.
+float32; the model computes in its own `dtype`. In float16 the loss is scaled
+(`lightnets.loss_scale`): a step whose gradients are not finite is skipped, leaving the state
+as it was but for its step, dropout stream and loss scale.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lightnets import loss_scale as loss_scaling
 
 DATA_AXIS = "data"
 # What the train step checks for NaN and infinity, each in a metric `finite_<name>` (1 finite,
@@ -48,6 +52,8 @@ class TrainState:
     opt_state: optax.OptState
     ema_params: nnx.State
     ema_batch_stats: nnx.State
+    # The float16 loss scale and the count of skipped steps; scale 1 and no skips without scaling.
+    loss_scale: loss_scaling.LossScaleState
 
 
 @flax.struct.dataclass
@@ -64,8 +70,11 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[TrainState, GraphDefs]:
-    """The state of a fresh run from `model`'s current weights; the EMA starts at them."""
+def create_train_state(
+    model: nnx.Module, tx: optax.GradientTransformation, loss_scale: loss_scaling.LossScale | None = None
+) -> tuple[TrainState, GraphDefs]:
+    """The state of a fresh run from `model`'s current weights; the EMA starts at them, the loss
+    scale at `loss_scale`'s initial one (1 without)."""
     model.eval()
     eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
     model.train()
@@ -78,6 +87,7 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> t
         opt_state=tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params),
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+        loss_scale=loss_scale.init() if loss_scale is not None else loss_scaling.initial_state(),
     )
     return state, GraphDefs(train=train_def, eval=eval_def)
 
@@ -108,6 +118,7 @@ def make_train_step(
     batch_augment: Callable | None = None,
     seed: int = 0,
     fsdp_mesh: Mesh | None = None,
+    loss_scale: loss_scaling.LossScale | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """A pure train step: forward in train mode, gradients, optimiser update, EMA.
 
@@ -120,6 +131,11 @@ def make_train_step(
     itself, XLA may instead split activations by channel and exchange them layer by layer. The
     metrics include a finiteness flag per part of the state (`FINITE`), for the trainer to stop
     a divergence before anything non-finite is saved.
+
+    With `loss_scale` (float16), the loss is multiplied by the state's scale before the backward
+    pass and the gradients divided by it; a step whose gradients are then not finite keeps the
+    old parameters, optimiser state, BatchNorm statistics and EMA, and `loss_scale.adjust` moves
+    the scale. Its metrics add `skipped` (1 for such a step) and `loss_scale` (the new scale).
     """
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array):
@@ -142,10 +158,13 @@ def make_train_step(
             loss = cross_entropy(logits, labels, label_smoothing)
             if batch_augment is not None:  # mixed targets: the loss mixes by the same lambda
                 loss = lam * loss + (1 - lam) * cross_entropy(logits, labels_b, label_smoothing)
-            return loss, (logits, batch_stats, rngs)
+            scaled = loss_scale.scale(state.loss_scale, loss) if loss_scale is not None else loss
+            return scaled, (loss, logits, batch_stats, rngs)
 
-        (loss, (logits, batch_stats, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (loss, logits, batch_stats, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = scatter(grads)
+        if loss_scale is not None:
+            grads = loss_scale.unscale(state.loss_scale, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
@@ -157,13 +176,23 @@ def make_train_step(
             ema_params=_ema(ema_decay, state.ema_params, params),
             ema_batch_stats=_ema(ema_decay, state.ema_batch_stats, batch_stats),
         )
+        skipped = None
+        if loss_scale is not None:
+            finite = (all_finite(grads) > 0) & jnp.isfinite(loss)
+            kept = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats")
+            old, new = ({k: getattr(s, k) for k in kept} for s in (state, new_state))
+            new_state = new_state.replace(**loss_scaling.select(finite, new, old),
+                                          loss_scale=loss_scale.adjust(state.loss_scale, finite))  # fmt: skip
+            params, skipped = new_state.params, 1.0 - finite.astype(jnp.float32)
         metrics = {
             "loss": loss,
             "top1": jnp.mean(jnp.argmax(logits, -1) == labels),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),  # not finite: the update overflowed
         }
-        checked = {"batch_stats": batch_stats, "loss": loss, "grads": grads, "params": params,
+        if skipped is not None:
+            metrics.update(skipped=skipped, loss_scale=new_state.loss_scale.scale)
+        checked = {"batch_stats": new_state.batch_stats, "loss": loss, "grads": grads, "params": params,
                    "ema_params": new_state.ema_params, "ema_batch_stats": new_state.ema_batch_stats}  # fmt: skip
         metrics.update({f"finite_{k}": all_finite(checked[k]) for k in FINITE})
         return new_state, metrics

@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from input_pipeline import datasets, transforms
-from lightnets import augment, checkpoint, optim, preprocessing, train
+from lightnets import augment, checkpoint, loss_scale, optim, preprocessing, train
 from lightnets.registry import create_model, model_info
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -91,6 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{field}={value!r} must be (low, high) with 0 < low <= high")
     if config.crop_scale[1] > 1:
         raise ValueError(f"crop_scale={tuple(config.crop_scale)!r}: an area fraction is at most 1")
+    loss_scale.from_config(config.loss_scale, config.dtype)  # "dynamic" or a number
     datasets.local_batch_size(config.batch_size)  # must divide over the devices
     if config.eval_batch_size:
         datasets.local_batch_size(config.eval_batch_size)
@@ -238,14 +239,15 @@ def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, step
     """
     dtype, fsdp = DTYPES[config.dtype], config.fsdp
     tx = optimizer(config, steps_per_epoch, params=nnx.state(model, nnx.Param))
-    state, graphdefs = train.create_train_state(model, tx)
+    scaling = loss_scale.from_config(config.loss_scale, config.dtype)
+    state, graphdefs = train.create_train_state(model, tx, scaling)
     state = train.put(state, train.state_sharding(mesh, state, fsdp=fsdp))
     normalize = preprocessing.normalization(config)
     preprocess = functools.partial(normalize.on_device, dtype=dtype)
     step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.label_smoothing,
                                     ema_decay=config.ema_decay, preprocess=preprocess,
                                     batch_augment=batch_augment(config, mesh), seed=config.seed,
-                                    fsdp_mesh=mesh if fsdp else None)  # fmt: skip
+                                    fsdp_mesh=mesh if fsdp else None, loss_scale=scaling)  # fmt: skip
     return Steps(
         state=state,
         graphdefs=graphdefs,
@@ -393,10 +395,19 @@ class _Progress:
         eta = (self.total - step) * scalars["step_time_ms"] / 1000 + self.evaluations_left(step) * self.eval_seconds
         return (
             f"step {step}/{self.total} (epoch {step / self.steps_per_epoch:.2f}) "
-            f"loss {scalars['train_loss']:.4f} top1 {100 * scalars['train_top1']:.1f}% "
-            f"lr {scalars['learning_rate']:.4g} | "
+            + (
+                f"loss {scalars['train_loss']:.4f} top1 {100 * scalars['train_top1']:.1f}% "
+                if "train_loss" in scalars
+                else "every step skipped (float16 overflow) "
+            )
+            + f"lr {scalars['learning_rate']:.4g} | "
             f"{scalars['images_per_sec']:.0f} img/s, {scalars['step_time_ms']:.1f} ms/step, ETA {_duration(eta)}"
             + (f" | {scalars['data_skipped']} unreadable images skipped" if scalars.get("data_skipped") else "")
+            + (
+                f" | loss scale {scalars['loss_scale']:g}, {scalars['skipped_steps']} steps skipped"
+                if "loss_scale" in scalars
+                else ""
+            )
         )
 
 
@@ -532,13 +543,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
             if step % log_every == 0 or save_now:
                 # Fetching syncs with the device; nothing diverged may be saved, so check first.
                 fetched = [_fetch(m) for m in pending]
-                means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 pending = []
-                finite = {k: means.pop(f"finite_{k}") for k in train.FINITE}
-                if min(finite.values()) < 1 or not all(math.isfinite(v) for v in means.values()):
+                # A step that float16's loss scaling skipped changed nothing but the scale: its
+                # metrics are left out. A scale below 1 is a divergence.
+                applied = [m for m in fetched if not m.get("skipped")]
+                means = {k: float(np.mean([m[k] for m in applied])) for k in applied[0]
+                         if k not in ("skipped", "loss_scale")} if applied else {}  # fmt: skip
+                finite = {k: means.pop(f"finite_{k}", 1.0) for k in train.FINITE}
+                collapsed = any(m.get("loss_scale", 1.0) < 1 for m in fetched)
+                if collapsed or min(finite.values()) < 1 or not all(math.isfinite(v) for v in means.values()):
                     raise TrainingDiverged(_divergence(fetched, state, step, ckpts))
                 scalars = {f"train_{k}": v for k, v in means.items()}
-                scalars["learning_rate"] = float(schedule(step - 1))
+                scaled = _fetch(state.loss_scale)
+                # The optimiser's count, which the schedule follows, does not move at a skipped step.
+                scalars["learning_rate"] = float(schedule(step - 1 - int(scaled.skipped)))
+                if "loss_scale" in fetched[0]:
+                    scalars.update(loss_scale=float(scaled.scale), skipped_steps=int(scaled.skipped))
                 scalars["data_skipped"] = _sum_over_processes(skipped)
                 scalars.update(progress.tick(step))
                 writer.write_scalars(step, scalars)
@@ -710,6 +730,14 @@ def _divergence(fetched: list[dict], state: train.TrainState, step: int, ckpts: 
     first = step - len(fetched) + 1
     at, cause = step, "the training metrics are not finite"
     for i, m in enumerate(fetched):
+        if m.get("loss_scale", 1.0) < 1:
+            at = first + i
+            skipped = int(_fetch(state.loss_scale.skipped))
+            cause = (f"the float16 loss scale fell below 1 ({m['loss_scale']:g}; {skipped} steps skipped in all): "
+                     "the gradients are not finite even unscaled")  # fmt: skip
+            break
+        if m.get("skipped"):  # a skipped step kept the state as it was
+            continue
         bad = [k for k in train.FINITE if m[f"finite_{k}"] < 1]
         metrics = [k for k, v in m.items() if not k.startswith("finite_") and not np.isfinite(v)]
         if bad or metrics:
@@ -720,7 +748,8 @@ def _divergence(fetched: list[dict], state: train.TrainState, step: int, ckpts: 
     where = f"the last good checkpoint is step {good}" if good is not None else "no good checkpoint was saved"
     return (
         f"training diverged at step {at}: {cause}; {where} in {ckpts.directory}. Lower the learning rate "
-        "(--config.lr), add warmup (--config.warmup_epochs) or clip (--config.grad_clip_norm)."
+        "(--config.lr), add warmup (--config.warmup_epochs) or clip (--config.grad_clip_norm)"
+        + (", or train in bfloat16 (--config.dtype=bfloat16)." if "loss_scale" in fetched[0] else ".")
     )
 
 

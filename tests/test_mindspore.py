@@ -26,8 +26,8 @@ import pytest
 from flax import nnx
 
 import lightnets
-from input_pipeline import sample_photos
-from lightnets import checkpoint, convert, mindspore_ckpt
+from input_pipeline import photos as shipped_photos
+from lightnets import checkpoint, convert, mindspore_ckpt, preprocessing
 from lightnets.checkpoint import NonFiniteError
 from tests.conftest import run_command
 
@@ -38,18 +38,13 @@ SIZES = (64, 67)
 HELPER = os.path.join(os.path.dirname(__file__), "mindspore_side.py")
 
 
-@nnx.jit
-def forward(model, x):
-    return model(x)
-
-
 @functools.cache
 def photos(size):
-    return sample_photos(size, views=4)
+    return preprocessing.reference("mobilenet_v1_100_ms").normalize(shipped_photos.sample_pixels(size, views=4))
 
 
 def logits(model, size):
-    return np.asarray(forward(model, jnp.asarray(photos(size))))
+    return np.asarray(lightnets.forward(model, jnp.asarray(photos(size))))
 
 
 def assert_close(ours, theirs):

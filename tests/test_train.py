@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import lightnets
-from lightnets import train
+from lightnets import loss_scale, train
 
 NAME = "mobilenet_v1_025"
 
@@ -131,3 +131,124 @@ def test_eval_counts_only_valid_examples():
     first = evaluate(state, np.concatenate([images[:8]] * 2), np.concatenate([labels[:8]] * 2), np.ones(16, np.float32))
     assert int(half["count"]) == 8 and int(full["count"]) == 16
     np.testing.assert_allclose(half["loss"], first["loss"] / 2, rtol=1e-5)
+
+
+# --- float16 and its loss scale -----------------------------------------------------------------
+
+U16 = 2.0**-11  # float16's unit roundoff (11 significant bits)
+
+
+class _Faint(nnx.Module):
+    """A linear layer whose float16 output is multiplied by 2**10, then by 2**-22: the loss's
+    cotangent reaches the first product multiplied by 2**-22, below float16's smallest subnormal
+    (2**-24) for every |dloss/dlogit| <= 1/16 (a batch of 16). The barrier keeps XLA from folding
+    the two constants into one (2**-12), as a weight between them would."""
+
+    def __init__(self, dtype, rngs):
+        self.linear = nnx.Linear(8, 10, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        h = self.linear(x.astype(self.dtype)) * jnp.asarray(2.0**10, self.dtype)
+        return jax.lax.optimization_barrier(h) * jnp.asarray(2.0**-22, self.dtype)
+
+
+def test_float16_gradients_that_underflow_are_kept_by_the_loss_scale():
+    """The float32 step's update, from float16 with jmp's dynamic scale (2**15); lost without it.
+
+    With the scale, the kernel's gradient is x and the loss's cotangent, each rounded to float16
+    (relative error <= u = 2**-11), their 16-term products summed and the sum rounded: the
+    update is within about 3u of float32's, elementwise, and so in norm; 4u is the tolerance
+    (measured: 3.8e-4 = 0.8u). Without it every kernel gradient is exactly 0 (the bias's, a sum
+    that XLA fuses in float32 on the CPU, survives).
+    """
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(16, 8)).astype(np.float32), (np.arange(16) % 10).astype(np.int32)
+    tx = optax.sgd(2.0**10)  # a power of two: the update is the gradient, exactly, and large beside the weights
+    changes = {}
+    for name, dtype, rule in (("float32", jnp.float32, None), ("float16", jnp.float16, None),
+                              ("float16 scaled", jnp.float16, loss_scale.LossScale(dynamic=True))):  # fmt: skip
+        state, graphdefs = train.create_train_state(_Faint(dtype, nnx.Rngs(0)), tx, rule)
+        before = jax.device_get(state.params)
+        state, metrics = jax.jit(train.make_train_step(graphdefs, tx, loss_scale=rule))(state, x, labels)
+        changes[name] = _change(before, jax.device_get(state.params))
+        assert float(metrics.get("skipped", 0.0)) == 0.0
+    assert np.all(changes["float32"]["linear"]["kernel"][...] != 0)
+    assert np.all(changes["float16"]["linear"]["kernel"][...] == 0)  # the update is lost
+    assert _relative_difference(changes["float32"], changes["float16 scaled"]) <= 4 * U16
+
+
+class _Normed(nnx.Module):
+    """A float16 linear layer and BatchNorm: every part of the state a skipped step must keep."""
+
+    def __init__(self, rngs):
+        self.linear = nnx.Linear(8, 10, dtype=jnp.float16, param_dtype=jnp.float32, rngs=rngs)
+        self.bn = nnx.BatchNorm(10, dtype=jnp.float16, param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn(self.linear(x.astype(jnp.float16)))
+
+
+def _scaled_step(rule):
+    tx = optax.sgd(0.1, momentum=0.9)
+    state, graphdefs = train.create_train_state(_Normed(nnx.Rngs(0)), tx, rule)
+    return state, jax.jit(train.make_train_step(graphdefs, tx, ema_decay=0.5, loss_scale=rule))
+
+
+def _host(state):
+    return jax.tree.map(np.asarray, jax.device_get(state))
+
+
+def test_a_non_finite_gradient_skips_the_step_and_halves_the_scale():
+    """A scale of 2**100 overflows float16 in the backward pass: the step keeps the parameters,
+    optimiser state, BatchNorm statistics and EMA as they were, halves the scale and counts the skip.
+    A fixed scale skips too (MindSpore's FixedLossScaleManager's default), and stays."""
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(16, 8)).astype(np.float32), (np.arange(16) % 10).astype(np.int32)
+    for rule in (loss_scale.LossScale(dynamic=True), loss_scale.LossScale(dynamic=False, initial=1024.0)):
+        state, step = _scaled_step(rule)
+        state, _ = step(state, x, labels)  # a normal step first: momentum and statistics are not their initial values
+        state = state.replace(loss_scale=state.loss_scale.replace(scale=jnp.asarray(2.0**100, jnp.float32)))
+        before = _host(state)
+        state, metrics = step(state, x, labels)
+        after = _host(state)
+        assert float(metrics["skipped"]) == 1.0 and float(metrics["finite_grads"]) == 0.0
+        for part in ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats"):
+            for a, b in zip(jax.tree.leaves(getattr(before, part)), jax.tree.leaves(getattr(after, part)), strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=part)
+        assert int(after.step) == int(before.step) + 1
+        assert float(after.loss_scale.scale) == (2.0**99 if rule.dynamic else 2.0**100)
+        assert int(after.loss_scale.skipped) == 1 and int(after.loss_scale.good_steps) == 0
+
+        # The next finite step is applied: the statistics and the weights move again.
+        state = state.replace(loss_scale=state.loss_scale.replace(scale=jnp.asarray(1024.0, jnp.float32)))
+        state, metrics = step(state, x, labels)
+        assert float(metrics["skipped"]) == 0.0
+        assert not np.array_equal(_host(state).batch_stats["bn"]["mean"], after.batch_stats["bn"]["mean"])
+
+
+def test_the_scale_doubles_after_period_finite_steps_and_a_skip_restarts_the_count():
+    rule = loss_scale.LossScale(dynamic=True, initial=2.0**10, period=3)
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(16, 8)).astype(np.float32), (np.arange(16) % 10).astype(np.int32)
+    state, step = _scaled_step(rule)
+    scales = []
+    for _ in range(7):
+        state, metrics = step(state, x, labels)
+        assert float(metrics["skipped"]) == 0.0
+        scales.append(float(state.loss_scale.scale))
+    assert scales == [2.0**10, 2.0**10, 2.0**11, 2.0**11, 2.0**11, 2.0**12, 2.0**12]
+    # jmp's rule, on its own: a skip halves and restarts the count of finite steps.
+    ls = loss_scale.initial_state(2.0**10).replace(good_steps=jnp.asarray(2, jnp.int32))
+    ls = rule.adjust(ls, jnp.asarray(False))
+    assert (float(ls.scale), int(ls.good_steps), int(ls.skipped)) == (2.0**9, 0, 1)
+    for _ in range(3):
+        ls = rule.adjust(ls, jnp.asarray(True))
+    assert (float(ls.scale), int(ls.good_steps), int(ls.skipped)) == (2.0**10, 0, 1)
+
+
+@pytest.mark.parametrize("value, rule", [("dynamic", loss_scale.LossScale(dynamic=True)),
+                                         ("1024", loss_scale.LossScale(dynamic=False, initial=1024.0))])  # fmt: skip
+def test_loss_scale_config_applies_to_float16_only(value, rule):
+    assert loss_scale.from_config(value, "float16") == rule
+    assert loss_scale.from_config(value, "bfloat16") is None and loss_scale.from_config(value, "float32") is None

@@ -113,7 +113,9 @@ def test_unknown_variant_lists_the_choices():
      ({"keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range: it must be at least 1"),
      ({"crop_scale": (0.5, 0.1)}, r"crop_scale=\(0.5, 0.1\) must be \(low, high\)"),
      ({"optimizer": "adam"}, r"optimizer 'adam' is not one of"),
-     ({"hflip": 2.0}, r"hflip=2.0 is out of range: it must be a probability")],
+     ({"hflip": 2.0}, r"hflip=2.0 is out of range: it must be a probability"),
+     ({"loss_scale": "auto"}, r"loss_scale='auto': use 'dynamic' or a fixed scale >= 1, e.g. 1024"),
+     ({"loss_scale": "0.5"}, r"loss_scale='0.5': use 'dynamic' or a fixed scale >= 1")],
 )  # fmt: skip
 def test_bad_config_is_a_clear_error(override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -350,6 +352,70 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
         trainer.train_and_evaluate(config, str(tmp_path))
     ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
     assert ckpts.latest_step() == 1
+
+
+# --- float16: the loss scale in the state, the checkpoints and TensorBoard ------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_float16(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted-float16")
+    state = trainer.train_and_evaluate(tiny(dtype="float16"), str(workdir))
+    return workdir, jax.device_get(state)
+
+
+def test_float16_run_stopped_and_resumed_is_bit_for_bit_with_its_loss_scale(uninterrupted_float16, tmp_path,
+                                                                           monkeypatch):  # fmt: skip
+    workdir, reference = uninterrupted_float16
+    # The first steps overflow at jmp's 2**15 (measured: 3 skipped, 2**12 from step 3 on), so the
+    # checkpoint at step 10 holds a scale and a count that a fresh state would not have.
+    assert 0 < int(reference.loss_scale.skipped) < STEPS and float(reference.loss_scale.scale) < 2.0**15
+
+    batches, to_devices = [], trainer._global
+
+    def signal_at_the_10th_batch(mesh, batch):
+        batches.append(None)
+        if len(batches) == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return to_devices(mesh, batch)
+
+    monkeypatch.setattr(trainer, "_global", signal_at_the_10th_batch)
+    trainer.train_and_evaluate(tiny(dtype="float16"), str(tmp_path))
+    monkeypatch.undo()
+    assert _checkpoints(tmp_path) == [4, 8, 10]
+    state = jax.device_get(trainer.train_and_evaluate(tiny(dtype="float16"), str(tmp_path)))
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state), strict=True):
+        a, b = (jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x for x in (a, b))
+        np.testing.assert_array_equal(a, b)
+
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    assert {"loss_scale", "skipped_steps"} <= tags
+
+
+def test_float16_run_whose_loss_scale_collapses_stops_as_a_divergence(tmp_path, monkeypatch):
+    """A first layer whose weights overflow float16 whatever the scale (x 1e6: past its 65504, still
+    finite in float32): every step is skipped and halves the scale, from 2**15 to 2**-1 at the
+    16th, where the run stops. The weights are state, not program: the fixture's compiled step serves."""
+    build_model = trainer.build_model
+
+    def overflowing(config, num_classes):
+        model = build_model(config, num_classes)
+        model.conv_stem.kernel[...] = model.conv_stem.kernel[...] * 1e6
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", overflowing)
+    config = tiny(dtype="float16", log_every_steps=4, checkpoint_every_steps=4)
+    with pytest.raises(
+        trainer.TrainingDiverged,
+        match=r"diverged at step 16: the float16 loss scale fell below 1 "
+        r"\(0.5; 16 steps skipped in all\).*last good checkpoint is step 12.*--config.dtype=bfloat16",
+    ):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert checkpoint.RunCheckpoints(tmp_path / "checkpoints").latest_step() == 12
 
 
 # --- damaged checkpoints, one run per workdir, a resume that does not fit -------------------------

@@ -43,7 +43,7 @@ def randomize(model: torch.nn.Module, images_nhwc: np.ndarray, views: int = 1, s
 
     `images_nhwc`: the normalised photos the comparison will run on; they calibrate the
     statistics and give each photo its class. `views`: consecutive images that are views of one
-    photo (`sample_photos(size, views)`) share a class; two classes of near-identical images,
+    photo (`photos.sample_pixels(size, views)`) share a class; two classes of near-identical images,
     such as a photo and its mirror image, would tie.
     """
     g = torch.Generator().manual_seed(seed)
