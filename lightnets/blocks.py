@@ -18,14 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lightnets.layers import (
-    Layers,
-    SqueezeExcite,
-    global_avg_pool,
-    make_divisible,
-)
+from lightnets.layers import Layers, SqueezeExcite, global_avg_pool, make_divisible
 
 Array = jax.Array
+
+
+# Given the channels it gates and the network's Layers, a squeeze-excitation module.
+SqueezeExciteFactory = Callable[[int, Layers], nnx.Module]
+
+
+def _squeeze_excite(channels: int, reduced: float, factory: SqueezeExciteFactory | None, layers: Layers):
+    """The block's squeeze-excitation: the factory's, else EfficientNet's (`round(reduced)` wide) if any."""
+    if factory is not None:
+        return factory(channels, layers)
+    return SqueezeExcite(channels, round(reduced), layers=layers) if reduced else None
 
 
 class DepthwiseSeparable(nnx.Module):
@@ -43,6 +49,8 @@ class DepthwiseSeparable(nnx.Module):
         kernel: int = 3,
         stride: int = 1,
         se_ratio: float = 0.0,
+        se_layer: SqueezeExciteFactory | None = None,
+        act: Callable[[Array], Array] | None = None,
         pw_act: bool = False,
         residual: bool = True,
         drop_path_rate: float = 0.0,
@@ -50,10 +58,10 @@ class DepthwiseSeparable(nnx.Module):
     ):
         self.conv_dw = layers.conv(in_chs, in_chs, kernel, stride=stride, groups=in_chs)
         self.bn1 = layers.norm(in_chs)
-        self.se = SqueezeExcite(in_chs, round(in_chs * se_ratio), layers=layers) if se_ratio else None
+        self.se = _squeeze_excite(in_chs, in_chs * se_ratio, se_layer, layers)
         self.conv_pw = layers.conv(in_chs, out_chs, 1)
         self.bn2 = layers.norm(out_chs)
-        self.act = layers.act
+        self.act = act or layers.act
         self.pw_act = pw_act
         self.has_skip = residual and stride == 1 and in_chs == out_chs
         self.drop_path = layers.drop_path(drop_path_rate) if self.has_skip else None
@@ -77,6 +85,8 @@ class InvertedResidual(nnx.Module):
     Args:
       se_ratio: squeeze-excitation width as a fraction of the block's *input* channels (the
         paper's and torchvision's convention; timm's `se0.25`).
+      se_layer: instead, a squeeze-excitation factory given the expanded width (MobileNetV3's).
+      act: the block's activation; the network's (`layers.act`) by default.
     """
 
     def __init__(
@@ -88,6 +98,8 @@ class InvertedResidual(nnx.Module):
         stride: int = 1,
         expand: float = 6.0,
         se_ratio: float = 0.0,
+        se_layer: SqueezeExciteFactory | None = None,
+        act: Callable[[Array], Array] | None = None,
         drop_path_rate: float = 0.0,
         layers: Layers,
     ):
@@ -97,10 +109,10 @@ class InvertedResidual(nnx.Module):
         self.conv_dw = layers.conv(mid_chs, mid_chs, kernel, stride=stride, groups=mid_chs)
         self.bn2 = layers.norm(mid_chs)
         # timm divides the ratio first, then rounds: keep its order so channel counts agree.
-        self.se = SqueezeExcite(mid_chs, round(mid_chs * (se_ratio / expand)), layers=layers) if se_ratio else None
+        self.se = _squeeze_excite(mid_chs, mid_chs * (se_ratio / expand), se_layer, layers)
         self.conv_pwl = layers.conv(mid_chs, out_chs, 1)
         self.bn3 = layers.norm(out_chs)
-        self.act = layers.act
+        self.act = act or layers.act
         self.has_skip = stride == 1 and in_chs == out_chs
         self.drop_path = layers.drop_path(drop_path_rate) if self.has_skip else None
 
@@ -187,17 +199,24 @@ class ClassifierHead:
     classifier, which fine-tuning on another class count leaves out.
 
     A family sets `num_features`, `dtype`, `param_dtype`, its classifier (a `Linear`, or None for
-    none) under `HEAD`, optionally `dropout` (applied to the pooled features), and the class
-    attributes `HEAD` and `TORCH_LAYOUTS` (layout name -> a function of the network giving its
-    `Namer`), which `lightnets.convert` uses.
+    none) under `HEAD`, optionally `dropout` (applied to the pooled features) and
+    `head_hidden_size` (the classifier's input, where a layer follows the pool), and the class
+    attributes `HEAD`, `TORCH_LAYOUTS` (layout name -> a function of the network giving its
+    `Namer`) and `TORCH_LINEARS` (layout name -> our top-level modules whose 1x1 convolution is
+    a `Linear` there), which `lightnets.convert` uses.
     """
 
     HEAD: ClassVar[str] = "classifier"
     TORCH_LAYOUTS: ClassVar[dict[str, Callable[[Any], Namer]]] = {}
+    TORCH_LINEARS: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def head_features(self, x: Array) -> Array:
+        """What the classifier sees of a feature map, before dropout: by default its average."""
+        return global_avg_pool(x)
 
     def forward_head(self, x: Array, pre_logits: bool = False) -> Array:
         """Pool, dropout and classify a feature map; `pre_logits=True` stops before the classifier."""
-        x = global_avg_pool(x)
+        x = self.head_features(x)
         if getattr(self, "dropout", None) is not None:
             x = self.dropout(x)
         classifier = getattr(self, self.HEAD)
@@ -218,7 +237,8 @@ class ClassifierHead:
     def reset_classifier(self, num_classes: int, *, rngs: nnx.Rngs) -> None:
         """Replaces the classifier with a freshly initialised one (0: no classifier)."""
         layers = Layers(rngs=rngs, dtype=self.dtype, param_dtype=self.param_dtype)
-        setattr(self, self.HEAD, layers.linear(self.num_features, num_classes) if num_classes else None)
+        features = getattr(self, "head_hidden_size", self.num_features)
+        setattr(self, self.HEAD, layers.linear(features, num_classes) if num_classes else None)
 
     @classmethod
     def is_head(cls, path: tuple) -> bool:
@@ -254,10 +274,14 @@ class MBNet(ClassifierHead, nnx.Module):
     """Stem conv -> stages of blocks -> optional 1x1 head conv -> pool -> dropout -> classifier.
 
     Args:
-      stages: the stage table, channels and repeats already scaled.
+      stages: the stage table, channels and repeats already scaled; an entry may be a tuple of
+        rows, one stage of unlike blocks (MobileNetV3's, numbered `blocks.<stage>.<i>` as timm's).
       stem_chs: output channels of the 3x3 stride-2 stem.
       head_chs: output channels of the 1x1 head convolution, or None for no head convolution
         (MobileNetV1).
+      head: "conv": the head convolution -> BN -> act on the feature map, then the pool
+        (MobileNetV2, EfficientNet); "pooled": the pool, then the head convolution with a bias
+        and no BN -> act (MobileNetV3, whose features end in a block).
       num_classes: size of the classifier; 0 for none (the model then returns pooled features).
       dropout: dropout rate before the classifier.
       drop_path_rate: stochastic depth of the last block; block i of n gets `rate * i / n`.
@@ -265,7 +289,7 @@ class MBNet(ClassifierHead, nnx.Module):
 
     def __init__(
         self,
-        stages: Sequence[Stage],
+        stages: Sequence[Stage | tuple[Stage, ...]],
         *,
         stem_chs: int,
         head_chs: int | None,
@@ -273,43 +297,47 @@ class MBNet(ClassifierHead, nnx.Module):
         dropout: float,
         drop_path_rate: float,
         layers: Layers,
+        head: str = "conv",
     ):
         self.conv_stem = layers.conv(3, stem_chs, 3, stride=2)
         self.bn1 = layers.norm(stem_chs)
         self.act = layers.act
 
-        total = sum(s.repeats for s in stages)
+        groups = [s if isinstance(s, tuple) else (s,) for s in stages]
+        total = sum(row.repeats for rows in groups for row in rows)
         index = 0
         in_chs = stem_chs
         blocks = []
-        for s in stages:
+        for rows in groups:
             stage_blocks = []
-            for i in range(s.repeats):
-                stage_blocks.append(
-                    s.block(
-                        in_chs,
-                        s.channels,
-                        kernel=s.kernel,
-                        stride=s.stride if i == 0 else 1,
-                        drop_path_rate=drop_path_rate * index / total,
-                        layers=layers,
-                        **s.options,
+            for s in rows:
+                for i in range(s.repeats):
+                    stage_blocks.append(
+                        s.block(
+                            in_chs,
+                            s.channels,
+                            kernel=s.kernel,
+                            stride=s.stride if i == 0 else 1,
+                            drop_path_rate=drop_path_rate * index / total,
+                            layers=layers,
+                            **s.options,
+                        )
                     )
-                )
-                in_chs = s.channels
-                index += 1
+                    in_chs = s.channels
+                    index += 1
             blocks.append(nnx.List(stage_blocks))
         self.blocks = nnx.List(blocks)
 
-        if head_chs:
-            self.conv_head = layers.conv(in_chs, head_chs, 1)
-            self.bn2 = layers.norm(head_chs)
-            in_chs = head_chs
-        else:
-            self.conv_head = self.bn2 = None
-        self.num_features = in_chs
+        if head not in ("conv", "pooled"):
+            raise ValueError(f"head must be 'conv' or 'pooled', got {head!r}")
+        self.head = head
+        # The feature map's width, and what the classifier takes.
+        self.num_features = head_chs if head_chs and head == "conv" else in_chs
+        self.head_hidden_size = head_chs or in_chs
+        self.conv_head = layers.conv(in_chs, head_chs, 1, bias=head == "pooled") if head_chs else None
+        self.bn2 = layers.norm(head_chs) if head_chs and head == "conv" else None
         self.dropout = layers.dropout(dropout)
-        self.classifier = layers.linear(in_chs, num_classes) if num_classes else None
+        self.classifier = layers.linear(self.head_hidden_size, num_classes) if num_classes else None
         self.dtype, self.param_dtype = layers.dtype, layers.param_dtype
 
     def forward_features(self, x: Array) -> Array:
@@ -318,6 +346,13 @@ class MBNet(ClassifierHead, nnx.Module):
         for stage_blocks in self.blocks:
             for block in stage_blocks:
                 x = block(x)
-        if self.conv_head is not None:
+        if self.head == "conv" and self.conv_head is not None:
             x = self.act(self.bn2(self.conv_head(x)))
+        return x
+
+    def head_features(self, x: Array) -> Array:
+        x = global_avg_pool(x)
+        if self.head == "pooled" and self.conv_head is not None:
+            # expand_dims/squeeze, not indexing: with a symbolic batch (export) indexing is a gather.
+            x = jnp.squeeze(self.act(self.conv_head(jnp.expand_dims(x, (1, 2)))), (1, 2))
         return x

@@ -103,7 +103,10 @@ def torch_names(model: nnx.Module, layout: str) -> dict[tuple, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_ours(value: np.ndarray, ours: tuple) -> np.ndarray:
+def _to_ours(value: np.ndarray, ours: tuple, linear: bool = False) -> np.ndarray:
+    """`linear`: our 1x1 convolution is a Linear in their layout (MobileNetV3's head in torchvision's)."""
+    if ours[-1] == "kernel" and linear:
+        return value.T[None, None]  # (out, in) -> (1, 1, in, out)
     if ours[-1] == "kernel" and value.ndim == 4:
         return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     if ours[-1] == "kernel" and value.ndim == 2:
@@ -111,7 +114,9 @@ def _to_ours(value: np.ndarray, ours: tuple) -> np.ndarray:
     return value
 
 
-def _to_theirs(value: np.ndarray, ours: tuple) -> np.ndarray:
+def _to_theirs(value: np.ndarray, ours: tuple, linear: bool = False) -> np.ndarray:
+    if ours[-1] == "kernel" and linear:
+        return value[0, 0].T
     if ours[-1] == "kernel" and value.ndim == 4:
         return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     if ours[-1] == "kernel" and value.ndim == 2:
@@ -119,12 +124,20 @@ def _to_theirs(value: np.ndarray, ours: tuple) -> np.ndarray:
     return value
 
 
-def _torch_shape(shape: tuple, ours: tuple) -> tuple:
+def _torch_shape(shape: tuple, ours: tuple, linear: bool = False) -> tuple:
+    if ours[-1] == "kernel" and linear:
+        return (shape[3], shape[2])
     if ours[-1] == "kernel" and len(shape) == 4:
         return (shape[3], shape[2], shape[0], shape[1])
     if ours[-1] == "kernel" and len(shape) == 2:
         return (shape[1], shape[0])
     return tuple(shape)
+
+
+def _linears(model: nnx.Module, layout: str) -> Callable[[tuple], bool]:
+    """Whether a state path is of a 1x1 convolution that `layout` holds as a Linear."""
+    modules = model.TORCH_LINEARS.get(layout, ())
+    return lambda path: path[0] in modules
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +321,9 @@ def _load(
     missing = [k for k in names.values() if k not in state_dict and not k.endswith(".num_batches_tracked")]
     unexpected = set(state_dict) - set(names.values())
     shapes = []
+    linear = _linears(abstract, layout)
     for ours, theirs in names.items():
-        want = _torch_shape(expected[ours].shape, ours)
+        want = _torch_shape(expected[ours].shape, ours, linear(ours))
         if theirs in state_dict and tuple(state_dict[theirs].shape) != want:
             shapes.append((theirs, state_dict[theirs].shape, want))
     if missing or unexpected or shapes:
@@ -323,7 +337,7 @@ def _load(
 
     model = create_model(name, num_classes=classes, dtype=dtype, rngs=rngs)
     values = [
-        (ours, jnp.asarray(_to_ours(state_dict[theirs], ours).astype(expected[ours].dtype)))
+        (ours, jnp.asarray(_to_ours(state_dict[theirs], ours, linear(ours)).astype(expected[ours].dtype)))
         for ours, theirs in names.items()
         if theirs in state_dict
     ]
@@ -354,12 +368,12 @@ def to_torch(model: nnx.Module, *, layout: str | None = None, allow_nonfinite: b
     values = {theirs: np.asarray(jax.device_get(state[ours][...])) for ours, theirs in names.items()}
     if not allow_nonfinite:
         check_finite(values, f"the {model.variant} weights")
-    out = {}
+    out, linear = {}, _linears(model, layout)
     for ours, theirs in names.items():
         if ours[-1] == "num_batches_tracked":
             out[theirs] = torch.tensor(int(values[theirs]), dtype=torch.int64)
-        else:
-            out[theirs] = torch.from_numpy(np.array(_to_theirs(values[theirs], ours)))  # a writable copy
+        else:  # a writable copy
+            out[theirs] = torch.from_numpy(np.array(_to_theirs(values[theirs], ours, linear(ours))))
     return out
 
 

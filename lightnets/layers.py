@@ -355,15 +355,17 @@ class ConvBnAct(nnx.Module):
 class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation: channel gates from the globally pooled input (timm naming)."""
 
-    def __init__(self, channels: int, reduced: int, *, layers: Layers):
+    def __init__(self, channels: int, reduced: int, *, layers: Layers, act: Callable | None = None,
+                 gate: Callable[[Array], Array] = jax.nn.sigmoid):  # fmt: skip
         self.conv_reduce = layers.conv(channels, reduced, 1, bias=True)
         self.conv_expand = layers.conv(reduced, channels, 1, bias=True)
-        self.act = layers.act
+        self.act = act or layers.act  # EfficientNet: the network's; MobileNetV3: ReLU
+        self.gate = gate  # MobileNetV3: hard sigmoid
 
     def __call__(self, x: Array) -> Array:
         s = x.mean(axis=(1, 2), keepdims=True)
         s = self.conv_expand(self.act(self.conv_reduce(s)))
-        return x * jax.nn.sigmoid(s)
+        return x * self.gate(s)
 
 
 def channel_shuffle(x: Array, groups: int) -> Array:

@@ -41,4 +41,9 @@ REFERENCE = {
     "efficientnet_v2_rw_t": ("timm efficientnetv2_rw_t", 13_649_388, 1912.9),
     "efficientnet_v2_rw_s": ("timm efficientnetv2_rw_s", 23_941_296, 4862.7),
     "efficientnet_v2_rw_m": ("timm efficientnetv2_rw_m", 53_236_442, 12627.4),
+    # Counted with torchvision 0.27.1 and timm 1.0.31 here (2026-12-02; torch.utils.flop_counter).
+    "mobilenet_v3_large_100": ("torchvision mobilenet_v3_large", 5_483_032, 216.6),
+    "mobilenet_v3_small_100": ("torchvision mobilenet_v3_small", 2_542_856, 56.5),
+    "mobilenet_v3_large_100_timm": ("timm mobilenetv3_large_100", 5_483_032, 216.6),
+    "mobilenet_v3_small_100_timm": ("timm mobilenetv3_small_100", 2_542_856, 56.5),
 }

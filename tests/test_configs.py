@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, shufflenetv2
+from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, mobilenetv3, shufflenetv2
 from lightnets import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {"mobilenetv1": mobilenetv1, "mobilenetv2": mobilenetv2, "shufflenetv2": shufflenetv2,
-            "efficientnetv2": efficientnetv2}  # fmt: skip
+            "efficientnetv2": efficientnetv2, "mobilenetv3": mobilenetv3}  # fmt: skip
 # (config file, argument) for every recipe: each family's default and every named recipe.
 RECIPES = [(name, "") for name in FAMILIES] + [
     (name, recipe) for name, module in FAMILIES.items() for recipe in getattr(module, "RECIPES", {})

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 import lightnets
-from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, quickstart, shufflenetv2
+from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, mobilenetv3, quickstart, shufflenetv2
 from input_pipeline import datasets
 from lightnets import augment, checkpoint, preprocessing, train, trainer
 from lightnets.layers import BatchNorm
@@ -65,7 +65,8 @@ def main_py(*args, env=None) -> subprocess.Popen:
     [(mobilenetv1, "", "mobilenet_v1_100"), (mobilenetv1, "050", "mobilenet_v1_050"),
      (mobilenetv2, "", "mobilenet_v2_100"), (mobilenetv2, "140", "mobilenet_v2_140"),
      (shufflenetv2, "x0_5", "shufflenet_v2_x0_5"), (efficientnetv2, "", "efficientnet_v2_rw_t"),
-     (efficientnetv2, "s", "efficientnet_v2_s")],
+     (efficientnetv2, "s", "efficientnet_v2_s"), (mobilenetv3, "", "mobilenet_v3_large_100"),
+     (mobilenetv3, "small_100_timm", "mobilenet_v3_small_100_timm")],
 )  # fmt: skip
 def test_family_configs_name_their_variant_and_hold_the_common_fields(module, variant, model):
     config = module.get_config(variant)
