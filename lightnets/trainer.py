@@ -666,13 +666,24 @@ def saved_config(saved: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({**_as_saved(default.get_config()), **_BEFORE_THE_FIELD, **saved["config"]})
 
 
+def _effective(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved-style config with `opt_eps` as the optimiser uses it: SGD has none, None is the
+    optimiser's own (runs from before opt_eps could be None saved 1e-3 whatever the optimiser)."""
+    eps = config.get("opt_eps")
+    if config.get("optimizer") == "sgd":
+        eps = None
+    elif eps is None:
+        eps = optim.EPSILON.get(config.get("optimizer"))
+    return {**config, "opt_eps": eps}
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
     """The fields whose values differ between a run's saved config and `config`: field -> (old, new).
 
     A field the saved run predates counts as what the run did without it (its default, or
     `_BEFORE_THE_FIELD`), so that adding a field to configs/default.py does not refuse old runs.
     """
-    new, old = _as_saved(config), _as_saved(saved_config({"config": saved}))
+    new, old = _effective(_as_saved(config)), _effective(_as_saved(saved_config({"config": saved})))
     absent = "(absent)"
     return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys())
             if old.get(k, absent) != new.get(k, absent)}  # fmt: skip

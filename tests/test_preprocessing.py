@@ -77,6 +77,11 @@ def test_runs_saved_before_mean_and_std_were_fields_read_as_imagenet_and_resume(
         del saved[key]
     assert preprocessing.of_run(saved).normalize == preprocessing.IMAGENET
     assert trainer.config_changes(saved, config) == {}
+    # Those runs also saved opt_eps 1e-3 (then the default, for every optimiser): SGD has none.
+    assert trainer.config_changes({**saved, "opt_eps": 1e-3}, config) == {}
+    adamw = trainer.resolve_config(default.get_config())
+    adamw.optimizer = "adamw"  # the old 1e-3 against AdamW's own 1e-8: a real change
+    assert trainer.config_changes({**saved, "optimizer": "adamw", "opt_eps": 1e-3}, adamw)["opt_eps"] == (1e-3, 1e-8)
     v1 = trainer.resolve_config(mobilenetv1.get_config("025"))  # its reference is 0.5/0.5: a change
     saved_v1 = {k: v for k, v in json.loads(json.dumps(v1.to_dict())).items() if k not in ("mean", "std")}
     assert trainer.config_changes(saved_v1, v1)["mean"] == (list(preprocessing.IMAGENET_MEAN), list(HALF))
