@@ -5,9 +5,9 @@ ImageNet (`configs/mobilenetv1.py`, `configs/mobilenetv1.py:050`, ...; default_c
 90 epochs, 256 images on each of 4 devices (global 1024), SGD with momentum 0.9, learning rate
 0.8 decayed linearly to 0 with no warmup, weight decay 1e-4 (not on BatchNorm or biases),
 label smoothing 0.1; reported 71.28 % top-1 for the 1.0 network. The default is the seed's own
-network, `mobilenet_v1_100_ms` (TensorFlow's "same" padding, the 1,001-class head: ImageFolder's
-1000 classes and a spare logit); `configs/mobilenetv1.py:100` and the other widths train timm's
-with the same recipe (1000 classes).
+network, `mobilenet_v1_100_ms` (TensorFlow's "same" padding), with ImageNet's 1000 classes: the
+seed's 1,001st logit is one no image has, which `--to_mindspore` adds back (README);
+`configs/mobilenetv1.py:100` and the other widths train timm's network with the same recipe.
 
 CIFAR-10 (`configs/mobilenetv1.py:cifar10`; default_config.yaml): 90 epochs at batch 32,
 momentum 0.9, weight decay 1e-4, the "poly" schedule (warmup 0.01 -> 0.1 over 5 epochs, then
@@ -19,7 +19,6 @@ Variants: 025, 050, 075, 100, 125, 100_ms (default 100_ms); named recipes: cifar
 """
 
 from configs import default
-from lightnets.models.mobilenet_v1 import MobileNetV1
 
 
 def get_config(variant: str = ""):
@@ -29,8 +28,6 @@ def get_config(variant: str = ""):
         c = default.family_config("mobilenet_v1", variant, "100_ms")
     except ValueError as e:
         raise ValueError(f"{e}, or a named recipe: {list(RECIPES)}") from None
-    if c.model == "mobilenet_v1_100_ms":
-        c.num_classes = MobileNetV1.mindspore_classes  # the model zoo's ImageNet head
     c.seed = 1  # train.py: ms.set_seed(1)
     c.num_epochs = 90.0
     c.batch_size = 1024  # 256 per device, 4 devices

@@ -73,8 +73,7 @@ def test_family_configs_name_their_variant_and_hold_the_common_fields(module, va
     assert config.model == model
     assert set(config.keys()) == set(default.get_config().keys())
     trainer.check_config(config)
-    # ImageNet's 1000 classes; the MindSpore model zoo's head has a spare logit after them.
-    assert config.dataset == "tfds:imagenet2012" and config.num_classes == (1001 if model.endswith("_ms") else 1000)
+    assert config.dataset == "tfds:imagenet2012" and config.num_classes == 1000
 
 
 def test_recipes_are_the_seeds():
