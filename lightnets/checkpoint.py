@@ -594,11 +594,11 @@ def _check_fits(recorded: dict, like: Any, what: str) -> None:
         names = sorted(saved.keys() | expected.keys())
         differ = [f"{k}: {saved.get(k, 'absent')} -> {expected.get(k, 'absent')}" for k in names
                   if saved.get(k) != expected.get(k)]  # fmt: skip
-        if all(k.startswith("loss_scale.") for k in names if saved.get(k) != expected.get(k) and k not in saved):
-            if all(saved.get(k) == expected.get(k) for k in names if not k.startswith("loss_scale.")):
-                raise ValueError(f"{what} was written by a lightnets from before the train state held the float16 "
-                                 "loss scale (2026-12-02): finish that run with the lightnets that began it, or "
-                                 "start this one in another --workdir")  # fmt: skip
+        unmatched = {k for k in names if saved.get(k) != expected.get(k)}
+        if unmatched == {k for k in expected if k.startswith("loss_scale.") and k not in saved}:
+            raise ValueError(f"{what} was written by a lightnets from before the train state held the float16 "
+                             "loss scale (2026-12-02): finish that run with the lightnets that began it, or "
+                             "start this one in another --workdir")  # fmt: skip
         raise ValueError(f"{what} holds another state than this run's ({len(differ)} arrays differ, e.g. "
                          f"{'; '.join(differ[:3])}): did the optimiser or the model change?")  # fmt: skip
 

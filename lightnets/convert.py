@@ -85,10 +85,15 @@ def torch_names(model: nnx.Module, layout: str) -> dict[tuple, str]:
     if namer is None:
         supported = list(model.TORCH_LAYOUTS)
         raise ValueError(f"{type(model).__name__} has no {layout!r} layout; it converts to and from {supported}")
-    module_name = namer(model)
+    return _variable_names(model, namer(model), _VARIABLES)
+
+
+def _variable_names(model: nnx.Module, module_name: Callable[[tuple], str], variables_of: dict) -> dict[tuple, str]:
+    """Our variable path -> `module_name(module path).their variable name`, for every layer whose
+    type `variables_of` maps (its variable names -> the framework's)."""
     names = {}
     for path, module in nnx.iter_graph(model):
-        variables = _VARIABLES.get(type(module))
+        variables = variables_of.get(type(module))
         if variables is None:
             continue
         prefix = module_name(tuple(path))
@@ -407,16 +412,7 @@ def mindspore_names(model: nnx.Module) -> dict[tuple, str]:
     if namer is None or variant not in mindspore_variants():
         raise ValueError(f"{variant} is not a MindSpore network; MindSpore checkpoints convert to and from "
                          f"{', '.join(mindspore_variants())}")  # fmt: skip
-    names = {}
-    for path, module in nnx.iter_graph(model):
-        variables = _MINDSPORE_VARIABLES.get(type(module))
-        if variables is None:
-            continue
-        prefix = namer(tuple(path))
-        for ours, theirs in variables.items():
-            if getattr(module, ours, None) is not None:
-                names[(*path, ours)] = f"{prefix}.{theirs}"
-    return names
+    return _variable_names(model, namer, _MINDSPORE_VARIABLES)
 
 
 def _is_training_state(key: str, value: Any, weights: set[str]) -> bool:

@@ -51,6 +51,19 @@ def flags(config) -> list[str]:
     return [f"--config.{k}={config[k]}" for k in FLAGGED]
 
 
+def _sigterm_at_batch(monkeypatch, n: int) -> None:
+    """SIGTERM to this process while the n-th batch of the run goes to the devices."""
+    batches, to_devices = [], trainer._global
+
+    def signal_at_the_nth_batch(mesh, batch):
+        batches.append(None)
+        if len(batches) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return to_devices(mesh, batch)
+
+    monkeypatch.setattr(trainer, "_global", signal_at_the_nth_batch)
+
+
 def main_py(*args, env=None) -> subprocess.Popen:
     """main.py in a subprocess; it shares this session's compilation cache (conftest.py)."""
     return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -180,15 +193,7 @@ def test_run_stopped_by_sigterm_then_killed_resumes_bit_for_bit(uninterrupted, t
 
     # SIGTERM while the 10th batch goes to the devices: the run saves step 10 (not a multiple of
     # checkpoint_every_steps) and returns normally; main.py then exits with status 0.
-    batches, to_devices = [], trainer._global
-
-    def signal_at_the_10th_batch(mesh, batch):
-        batches.append(None)
-        if len(batches) == 10:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return to_devices(mesh, batch)
-
-    monkeypatch.setattr(trainer, "_global", signal_at_the_10th_batch)
+    _sigterm_at_batch(monkeypatch, 10)
     trainer.train_and_evaluate(tiny(), str(tmp_path))
     monkeypatch.undo()
     stopped_at = 10
@@ -372,15 +377,7 @@ def test_float16_run_stopped_and_resumed_is_bit_for_bit_with_its_loss_scale(unin
     # checkpoint at step 10 holds a scale and a count that a fresh state would not have.
     assert 0 < int(reference.loss_scale.skipped) < STEPS and float(reference.loss_scale.scale) < 2.0**15
 
-    batches, to_devices = [], trainer._global
-
-    def signal_at_the_10th_batch(mesh, batch):
-        batches.append(None)
-        if len(batches) == 10:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return to_devices(mesh, batch)
-
-    monkeypatch.setattr(trainer, "_global", signal_at_the_10th_batch)
+    _sigterm_at_batch(monkeypatch, 10)
     trainer.train_and_evaluate(tiny(dtype="float16"), str(tmp_path))
     monkeypatch.undo()
     assert _checkpoints(tmp_path) == [4, 8, 10]
