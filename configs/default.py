@@ -87,6 +87,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.mixup_prob = 1.0  # probability of mixing a batch
     c.mixup_switch_prob = 0.5  # probability of CutMix instead of Mixup when both are on
 
+    # Progressive learning (lightnets/progressive.py; EfficientNetV2, Section 4): the run in `stages`
+    # equal parts, each scheduled field linear from its first value (stage 1) to its last (the
+    # last stage); (): not scheduled. image_size is the training size (evaluation stays at
+    # image_size above), randaugment the magnitude m of `randaugment`; the train step compiles
+    # once per stage. E.g. --config.progressive.stages=4 --config.progressive.image_size="(128, 300)".
+    c.progressive = ml_collections.ConfigDict()
+    c.progressive.stages = 0  # 0: off
+    c.progressive.image_size = ()
+    c.progressive.randaugment = ()
+    c.progressive.mixup = ()
+    c.progressive.cutmix = ()
+    c.progressive.dropout = ()
+
     # Sharding: FSDP splits parameters and optimiser state over the devices (large EfficientNetV2s).
     c.fsdp = False
 

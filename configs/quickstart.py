@@ -10,7 +10,11 @@ a few minutes on a 2-core CPU (README, "Quick start").
 from configs import default
 
 
-def get_config():
+def get_config(variant: str = ""):
+    """`configs/quickstart.py`, or `configs/quickstart.py:progressive`: the same budget in 4
+    progressive stages, 16 to 32 px with dropout 0.1 to 0.3 (docs/benchmarks.md compares the two)."""
+    if variant not in ("", "progressive"):
+        raise ValueError(f"unknown quickstart variant {variant!r}: '' or 'progressive'")
     c = default.get_config()
     c.model = "mobilenet_v2_050"
     c.dataset = "digits"
@@ -37,4 +41,8 @@ def get_config():
     c.data_threads = 2
     c.log_every_steps = 22
     c.eval_every_epochs = 4.0
+    if variant == "progressive":
+        c.progressive.stages = 4
+        c.progressive.image_size = (16, 32)
+        c.progressive.dropout = (0.1, 0.3)
     return c

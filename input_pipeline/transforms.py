@@ -298,8 +298,8 @@ def level_to_arg(name: str, level: float, negate: bool, translate_pct: float = 0
         return _signed(m * 0.3, negate)
     if name in ("TranslateXRel", "TranslateYRel"):
         return _signed(m * translate_pct, negate)
-    if name == "Posterize":
-        return int(m * 4)
+    if name == "Posterize":  # 8 bits (the image unchanged) from magnitude 20, where PIL would fail
+        return min(8, int(m * 4))
     if name == "PosterizeIncreasing":
         return 4 - int(m * 4)
     if name == "Solarize":
@@ -371,8 +371,8 @@ class RandAugment:
         for section in sections[1:]:
             key, value = [*re.split(r"(\d.*)", section), ""][:2]
             try:
-                if key == "m":
-                    self.magnitude = float(int(value))
+                if key == "m":  # a fraction too: progressive learning's stages (lightnets/progressive.py)
+                    self.magnitude = float(value)
                 elif key == "n":
                     self.num_layers = int(value)
                 elif key == "p":

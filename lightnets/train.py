@@ -75,10 +75,8 @@ def create_train_state(
 ) -> tuple[TrainState, GraphDefs]:
     """The state of a fresh run from `model`'s current weights; the EMA starts at them, the loss
     scale at `loss_scale`'s initial one (1 without)."""
-    model.eval()
-    eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
-    model.train()
-    train_def, params, batch_stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    graphdefs = graph_defs(model)
+    _, params, batch_stats, rngs = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -89,7 +87,16 @@ def create_train_state(
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         loss_scale=loss_scale.init() if loss_scale is not None else loss_scaling.initial_state(),
     )
-    return state, GraphDefs(train=train_def, eval=eval_def)
+    return state, graphdefs
+
+
+def graph_defs(model: nnx.Module) -> GraphDefs:
+    """`model`'s structure and static settings (e.g. a dropout rate) in training and in evaluation
+    mode; `model` is left in training mode."""
+    model.eval()
+    eval_def = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
+    model.train()
+    return GraphDefs(train=nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0], eval=eval_def)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -181,8 +188,9 @@ def make_train_step(
             finite = (all_finite(grads) > 0) & jnp.isfinite(loss)
             kept = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats")
             old, new = ({k: getattr(s, k) for k in kept} for s in (state, new_state))
-            new_state = new_state.replace(**loss_scaling.select(finite, new, old),
-                                          loss_scale=loss_scale.adjust(state.loss_scale, finite))  # fmt: skip
+            new_state = new_state.replace(
+                **loss_scaling.select(finite, new, old), loss_scale=loss_scale.adjust(state.loss_scale, finite)
+            )
             params, skipped = new_state.params, 1.0 - finite.astype(jnp.float32)
         metrics = {
             "loss": loss,
@@ -192,8 +200,14 @@ def make_train_step(
         }
         if skipped is not None:
             metrics.update(skipped=skipped, loss_scale=new_state.loss_scale.scale)
-        checked = {"batch_stats": new_state.batch_stats, "loss": loss, "grads": grads, "params": params,
-                   "ema_params": new_state.ema_params, "ema_batch_stats": new_state.ema_batch_stats}  # fmt: skip
+        checked = {
+            "batch_stats": new_state.batch_stats,
+            "loss": loss,
+            "grads": grads,
+            "params": params,
+            "ema_params": new_state.ema_params,
+            "ema_batch_stats": new_state.ema_batch_stats,
+        }
         metrics.update({f"finite_{k}": all_finite(checked[k]) for k in FINITE})
         return new_state, metrics
 

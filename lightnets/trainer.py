@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from input_pipeline import datasets, transforms
-from lightnets import augment, checkpoint, loss_scale, optim, preprocessing, train
+from lightnets import augment, checkpoint, loss_scale, optim, preprocessing, progressive, train
 from lightnets.registry import create_model, model_info
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -55,8 +55,9 @@ class Setup:
     eval_source: Any
     steps_per_epoch: int
     num_train_steps: int
-    train_transform: Any  # transforms.TrainTransform or PadCropTransform
+    train_transform: Any  # transforms.TrainTransform or PadCropTransform, of the first stage
     eval_transform: transforms.EvalTransform
+    stages: list[progressive.Stage]  # one, holding the whole run, without progressive learning
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -67,11 +68,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """
     from configs import default
 
-    expected = set(default.get_config().keys())
-    missing = [f for f in sorted(expected) if f not in config]
+    expected, given = _fields(default.get_config()), _fields(config)
+    missing = sorted(expected - given)
     if missing:
         raise ValueError(f"the config lacks the fields {missing}: build it from configs/default.py's get_config()")
-    unknown = [f for f in sorted(config.keys()) if f not in expected]
+    unknown = sorted(given - expected)
     if unknown:
         raise ValueError(f"the config has fields that configs/default.py does not define: {unknown}")
     model_info(config.model)  # unknown names raise with close matches
@@ -98,6 +99,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set num_epochs or num_train_steps to a positive number")
     data_transforms(config)  # a bad RandAugment string or interpolation, mean or std, init_from
+    progressive.check(config)
+
+
+def _fields(config, prefix: str = "") -> set[str]:
+    """The field names of a config, nested ones dotted (`progressive.stages`)."""
+    names = set()
+    for key in config.keys():
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            names |= _fields(value, f"{prefix}{key}.")
+        else:
+            names.add(prefix + key)
+    return names
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -197,8 +211,12 @@ def _load_initial_weights(model: nnx.Module, directory: str) -> None:
         raise ValueError(f"init_from={directory} holds {source.variant}, but the config trains {model.variant}")
     weights = nnx.to_flat_state(nnx.state(source, (nnx.Param, nnx.BatchStat)))
     if source.num_classes != model.num_classes:
-        logging.info("init_from: %d classes in %s, %d here: the classifier starts fresh", source.num_classes,
-                     directory, model.num_classes)  # fmt: skip
+        logging.info(
+            "init_from: %d classes in %s, %d here: the classifier starts fresh",
+            source.num_classes,
+            directory,
+            model.num_classes,
+        )
         weights = [(path, v) for path, v in weights if not model.is_head(path)]
     nnx.update(model, nnx.from_flat_state(weights))
 
@@ -206,7 +224,7 @@ def _load_initial_weights(model: nnx.Module, directory: str) -> None:
 def setup(config: ml_collections.ConfigDict) -> Setup:
     """Data, model and mesh for training; every error here comes before any compilation."""
     check_config(config)
-    train_transform, eval_transform = data_transforms(config)
+    _, eval_transform = data_transforms(config)
     train_source = _source(config, "train")
     eval_source = _source(config, "validation")
     num_classes = config.num_classes or train_source.num_classes
@@ -216,8 +234,23 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         raise ValueError(f"{config.dataset} has {len(train_source)} training examples, fewer than batch_size")
     steps_per_epoch = optim.steps_per_epoch(len(train_source), config.batch_size)
     total = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
-    return Setup(train.make_mesh(), build_model(config, num_classes), train_source, eval_source, steps_per_epoch,
-                 total, train_transform, eval_transform)  # fmt: skip
+    stages = progressive.stages(config.progressive, total)
+    progressive.check_lengths(stages, steps_per_epoch)
+    first = progressive.stage_config(config, stages[0])  # the model and the data as the first stage trains
+    model = build_model(first, num_classes)
+    if "dropout" in stages[0].values:
+        progressive.set_dropout(model, stages[0].values["dropout"])  # a model without dropout is refused
+    return Setup(
+        train.make_mesh(),
+        model,
+        train_source,
+        eval_source,
+        steps_per_epoch,
+        total,
+        data_transforms(first)[0],
+        eval_transform,
+        stages,
+    )
 
 
 @dataclasses.dataclass
@@ -230,6 +263,8 @@ class Steps:
     eval_step: Any
     schedule: optax.Schedule
     normalize: preprocessing.Normalize  # what both steps apply to the uint8 batches
+    tx: optax.GradientTransformation
+    scaling: loss_scale.LossScale | None  # float16's loss scaling
 
 
 def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, steps_per_epoch: int) -> Steps:
@@ -237,56 +272,89 @@ def build_steps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, step
 
     `train_and_evaluate` trains with these; `benchmarks/throughput.py` times them.
     """
-    dtype, fsdp = DTYPES[config.dtype], config.fsdp
     tx = optimizer(config, steps_per_epoch, params=nnx.state(model, nnx.Param))
     scaling = loss_scale.from_config(config.loss_scale, config.dtype)
     state, graphdefs = train.create_train_state(model, tx, scaling)
-    state = train.put(state, train.state_sharding(mesh, state, fsdp=fsdp))
+    state = train.put(state, train.state_sharding(mesh, state, fsdp=config.fsdp))
     normalize = preprocessing.normalization(config)
-    preprocess = functools.partial(normalize.on_device, dtype=dtype)
-    step_fn = train.make_train_step(graphdefs, tx, label_smoothing=config.label_smoothing,
-                                    ema_decay=config.ema_decay, preprocess=preprocess,
-                                    batch_augment=batch_augment(config, mesh), seed=config.seed,
-                                    fsdp_mesh=mesh if fsdp else None, loss_scale=scaling)  # fmt: skip
-    return Steps(
+    preprocess = functools.partial(normalize.on_device, dtype=DTYPES[config.dtype])
+    eval_step = train.make_eval_step(graphdefs, preprocess=preprocess, ema=config.ema_decay > 0)
+    steps = Steps(
         state=state,
         graphdefs=graphdefs,
-        train_step=train.jit_train_step(step_fn, mesh, state, fsdp=fsdp),
-        eval_step=train.jit_eval_step(
-            train.make_eval_step(graphdefs, preprocess=preprocess, ema=config.ema_decay > 0), mesh, state, fsdp=fsdp
-        ),
+        train_step=None,
+        eval_step=train.jit_eval_step(eval_step, mesh, state, fsdp=config.fsdp),
         schedule=schedule(config, steps_per_epoch),
         normalize=normalize,
+        tx=tx,
+        scaling=scaling,
     )
+    steps.train_step = train_step_of(config, train.graph_defs(model), steps, mesh)
+    return steps
+
+
+def train_step_of(config: ml_collections.ConfigDict, graphdefs: train.GraphDefs, steps: Steps, mesh) -> Any:
+    """The jitted train step of `config` (a progressive stage's: its Mixup, CutMix and, in
+    `graphdefs`, its dropout), on `steps`' optimiser and state; it compiles at its first call."""
+    preprocess = functools.partial(steps.normalize.on_device, dtype=DTYPES[config.dtype])
+    step_fn = train.make_train_step(
+        graphdefs,
+        steps.tx,
+        label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay,
+        preprocess=preprocess,
+        batch_augment=batch_augment(config, mesh),
+        seed=config.seed,
+        fsdp_mesh=mesh if config.fsdp else None,
+        loss_scale=steps.scaling,
+    )
+    return train.jit_train_step(step_fn, mesh, steps.state, fsdp=config.fsdp)
 
 
 def schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """The learning rate the config asks for, per optimiser step."""
     total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     return optim.create_schedule(
-        config.schedule, optim.scaled_lr(config.lr, config.batch_size, config.lr_base_batch_size), total,
-        steps_per_epoch=steps_per_epoch, warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-        warmup_lr=config.warmup_lr, min_lr=config.min_lr, decay_epochs=config.decay_epochs,
+        config.schedule,
+        optim.scaled_lr(config.lr, config.batch_size, config.lr_base_batch_size),
+        total,
+        steps_per_epoch=steps_per_epoch,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        warmup_lr=config.warmup_lr,
+        min_lr=config.min_lr,
+        decay_epochs=config.decay_epochs,
         decay_rate=config.decay_rate,
-    )  # fmt: skip
+    )
 
 
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> optax.GradientTransformation:
     """The optimiser the config asks for; `params` (or their shapes) decide what weight decay spares."""
     mask = None if config.weight_decay_norm_and_bias else optim.decay_mask(params)
     return optim.create_optimizer(
-        config.optimizer, schedule(config, steps_per_epoch), weight_decay=config.weight_decay, decay_mask=mask,
-        momentum=config.momentum, nesterov=config.nesterov, eps=config.opt_eps, b1=config.b1, b2=config.b2,
-        rmsprop_decay=config.rmsprop_decay, grad_clip_norm=config.grad_clip_norm,
-    )  # fmt: skip
+        config.optimizer,
+        schedule(config, steps_per_epoch),
+        weight_decay=config.weight_decay,
+        decay_mask=mask,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        eps=config.opt_eps,
+        b1=config.b1,
+        b2=config.b2,
+        rmsprop_decay=config.rmsprop_decay,
+        grad_clip_norm=config.grad_clip_norm,
+    )
 
 
 def batch_augment(config: ml_collections.ConfigDict, mesh) -> augment.BatchAugment | None:
     """The on-device augmentations (random erasing, Mixup, CutMix) the config asks for, or None."""
     aug = augment.BatchAugment(
-        mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
-        switch_prob=config.mixup_switch_prob, erase_prob=config.reprob, groups=mesh.size,
-    )  # fmt: skip
+        mixup_alpha=config.mixup,
+        cutmix_alpha=config.cutmix,
+        prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob,
+        erase_prob=config.reprob,
+        groups=mesh.size,
+    )
     return aug if aug.mixes or aug.erase_prob > 0 else None
 
 
@@ -298,15 +366,24 @@ def data_transforms(config: ml_collections.ConfigDict) -> tuple[Any, transforms.
     fill = preprocessing.normalization(config).fill  # RandAugment's, timm's rule
     if config.train_transform == "pad_crop":
         train_transform = transforms.PadCropTransform(
-            config.image_size, padding=config.crop_padding, hflip=config.hflip, randaugment=config.randaugment,
-            interpolation=config.train_interpolation, fill=fill,
-        )  # fmt: skip
+            config.image_size,
+            padding=config.crop_padding,
+            hflip=config.hflip,
+            randaugment=config.randaugment,
+            interpolation=config.train_interpolation,
+            fill=fill,
+        )
     else:
         train_transform = transforms.TrainTransform(
-            config.image_size, scale=config.crop_scale, ratio=config.crop_ratio, hflip=config.hflip,
-            randaugment=config.randaugment, interpolation=config.train_interpolation, draft=config.jpeg_draft,
+            config.image_size,
+            scale=config.crop_scale,
+            ratio=config.crop_ratio,
+            hflip=config.hflip,
+            randaugment=config.randaugment,
+            interpolation=config.train_interpolation,
+            draft=config.jpeg_draft,
             fill=fill,
-        )  # fmt: skip
+        )
     eval_transform = transforms.EvalTransform(
         config.image_size, crop_pct=config.crop_pct, interpolation=config.eval_interpolation, draft=config.jpeg_draft
     )
@@ -314,8 +391,9 @@ def data_transforms(config: ml_collections.ConfigDict) -> tuple[Any, transforms.
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
-    return datasets.create_source(config.dataset, split, image_size=config.image_size,
-                                  num_classes=config.num_classes, data_dir=config.data_dir)  # fmt: skip
+    return datasets.create_source(
+        config.dataset, split, image_size=config.image_size, num_classes=config.num_classes, data_dir=config.data_dir
+    )
 
 
 def _workers(config: ml_collections.ConfigDict) -> int:
@@ -333,8 +411,13 @@ def _global(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 def _run_metadata(config: ml_collections.ConfigDict, model: nnx.Module, class_names: list[str]) -> dict:
     # The class names let `lightnets.predict` name what it sees without the data set at hand.
     # `evaluations` (every evaluation's step and metrics) gives a resumed run its closing summary.
-    return {"model": model.variant, "num_classes": model.num_classes, "config": config.to_dict(),
-            "class_names": list(class_names), "evaluations": []}  # fmt: skip
+    return {
+        "model": model.variant,
+        "num_classes": model.num_classes,
+        "config": config.to_dict(),
+        "class_names": list(class_names),
+        "evaluations": [],
+    }
 
 
 def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[str, float]:
@@ -344,8 +427,9 @@ def run_evaluation(eval_step, state, source, config, mesh, transform) -> dict[st
     """
     totals, skipped = None, 0
     batch_size = config.eval_batch_size or config.batch_size
-    batches = datasets.eval_batches(source, global_batch_size=batch_size, transform=transform,
-                                    workers=_workers(config), threads=config.data_threads)  # fmt: skip
+    batches = datasets.eval_batches(
+        source, global_batch_size=batch_size, transform=transform, workers=_workers(config), threads=config.data_threads
+    )
     for batch in batches:
         skipped += int(batch.pop("skipped"))
         b = _global(mesh, batch)
@@ -374,6 +458,7 @@ class _Progress:
     def __init__(self, total_steps: int, batch_size: int, steps_per_epoch: int, eval_every: int):
         self.total, self.batch_size, self.steps_per_epoch = total_steps, batch_size, steps_per_epoch
         self.eval_every, self.eval_seconds = eval_every, 0.0
+        self.data_skipped = 0  # unreadable training images left out, since this process started
         self.restart(0)
 
     def evaluations_left(self, step: int) -> int:
@@ -467,132 +552,290 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return flat
 
 
+@dataclasses.dataclass
+class _Run:
+    """A run as the loop holds it: what `setup` and `build_steps` made, the restored state and position."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    s: Setup
+    steps: Steps
+    ckpts: checkpoint.RunCheckpoints
+    state: train.TrainState
+    data: Any  # the train iterator, of `data_stage`'s transform
+    data_stage: int
+    metadata: dict  # saved with every checkpoint
+    step: int
+
+
+def _restore_or_init(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
+    """Builds everything the run needs and restores the newest intact checkpoint of `workdir` into it."""
+    s = setup(config)
+    steps = build_steps(config, s.model, s.mesh, s.steps_per_epoch)
+    data = _train_data(config, s, s.train_transform)
+    ckpts = checkpoint.RunCheckpoints(
+        workdir / "checkpoints",
+        keep=config.keep_checkpoints,
+        best_metric="ema_top1" if config.ema_decay > 0 else "top1",
+        lock=True,
+    )
+    try:
+        state, metadata = _resume(
+            ckpts, config, _run_metadata(config, s.model, s.train_source.class_names), steps.state, data
+        )
+    except BaseException:
+        ckpts.close()  # and its lock: the loop's `finally` is not reached
+        _close(data)
+        raise
+    return _Run(config, workdir, s, steps, ckpts, state, data, 0, metadata, int(_fetch(state.step)))
+
+
+def _train_data(config: ml_collections.ConfigDict, s: Setup, transform):
+    return datasets.train_iterator(
+        s.train_source,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        transform=transform,
+        workers=_workers(config),
+        threads=config.data_threads,
+    )
+
+
+def _close(data) -> None:
+    if hasattr(data, "close"):  # grain worker processes
+        data.close()
+
+
+def _enter_stage(r: _Run, stage: progressive.Stage) -> Any:
+    """The train step of `stage`, and `r.data` switched to its transform at the same data position."""
+    config = progressive.stage_config(r.config, stage)
+    if "dropout" in stage.values:
+        progressive.set_dropout(r.s.model, stage.values["dropout"])
+    train_step = train_step_of(config, train.graph_defs(r.s.model), r.steps, r.s.mesh)
+    if stage.index != r.data_stage:
+        data = _train_data(config, r.s, data_transforms(config)[0])
+        data.set_state(r.data.get_state())  # positions only: the random draws follow from seed and index
+        _close(r.data)
+        r.data, r.data_stage = data, stage.index
+    return train_step
+
+
+class _Profiler:
+    """A profiler trace of `steps` steps (after `start`) in `directory`, for TensorBoard's profile tab."""
+
+    def __init__(self, directory: pathlib.Path, start: int, steps: int):
+        self.directory, self.start, self.end = directory, start, start + steps if steps else None
+        self.running = False
+
+    def before(self, step: int) -> None:
+        if step == self.start and self.end is not None:
+            jax.profiler.start_trace(str(self.directory))
+            self.running = True
+
+    def after(self, step: int, state) -> None:
+        if self.running and step == self.end:
+            jax.block_until_ready(state)
+            self.close()
+            logging.info("Profiler trace of steps %d-%d in %s", self.start, step, self.directory)
+
+    def close(self) -> None:
+        if self.running:  # also when the run ends inside the traced steps
+            jax.profiler.stop_trace()
+            self.running = False
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     """Trains as `config` says, resuming from `workdir` when it holds a checkpoint; returns the final state."""
     workdir = pathlib.Path(workdir).absolute()
     config = resolve_config(config)
-    s = setup(config)
-    mesh, fsdp = s.mesh, config.fsdp
-    steps = build_steps(config, s.model, mesh, s.steps_per_epoch)
-    state, train_step, eval_step, schedule = steps.state, steps.train_step, steps.eval_step, steps.schedule
-    data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed,
-                                   transform=s.train_transform, workers=_workers(config),
-                                   threads=config.data_threads)  # fmt: skip
-
-    ema = config.ema_decay > 0
-    ckpts = checkpoint.RunCheckpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                                      best_metric="ema_top1" if ema else "top1", lock=True)  # fmt: skip
-    try:
-        state, run = _resume(ckpts, config, _run_metadata(config, s.model, s.train_source.class_names), state, data)
-    except BaseException:
-        ckpts.close()  # and its lock: the loop's `finally` is not reached
-        raise
-    step = int(_fetch(state.step))
-    if step >= s.num_train_steps:
-        logging.info("%s is complete: step %d of %d was trained already; nothing to do (raise "
-                     "--config.num_epochs or --config.num_train_steps to train further)", workdir, step,
-                     s.num_train_steps)  # fmt: skip
-        ckpts.close()
-        _summary(workdir, ckpts.directory, run["evaluations"], ema=config.ema_decay > 0, seconds=None)
-        return state
+    r = _restore_or_init(config, workdir)
+    s, ema = r.s, config.ema_decay > 0
+    if r.step >= s.num_train_steps:
+        logging.info(
+            "%s is complete: step %d of %d was trained already; nothing to do (raise "
+            "--config.num_epochs or --config.num_train_steps to train further)",
+            workdir,
+            r.step,
+            s.num_train_steps,
+        )
+        r.ckpts.close()
+        _close(r.data)
+        _summary(workdir, r.ckpts.directory, r.metadata["evaluations"], ema=ema, seconds=None)
+        return r.state
 
     writer = _metric_writer(workdir)
-    if step == 0:
+    if r.step == 0:
         writer.write_hparams(_flat_hparams(config))
-    devices = f"{jax.device_count()} device{'s' if jax.device_count() > 1 else ''}{' (FSDP)' if fsdp else ''}"
-    logging.info("Training %s on %s: %d steps of %d images (%d per epoch) on %s", config.model, config.dataset,
-                 s.num_train_steps, config.batch_size, s.steps_per_epoch, devices)  # fmt: skip
+    fsdp = " (FSDP)" if config.fsdp else ""
+    devices = f"{jax.device_count()} device{'s' if jax.device_count() > 1 else ''}{fsdp}"
+    logging.info(
+        "Training %s on %s: %d steps of %d images (%d per epoch) on %s",
+        config.model,
+        config.dataset,
+        s.num_train_steps,
+        config.batch_size,
+        s.steps_per_epoch,
+        devices,
+    )
+    profiler = _Profiler(workdir / "profile", r.step + 5, config.profile_steps)  # after compilation and warm-up
+    stop = _StopRequest()
+    started = time.perf_counter()
+    try:
+        _loop(r, writer, profiler, stop, devices)
+        logging.info(
+            "Parameters at step %d: fingerprint %s (process %d)",
+            r.step,
+            fingerprint(r.state.params),
+            jax.process_index(),
+        )
+        if r.step >= s.num_train_steps:
+            r.ckpts.wait()
+            _summary(
+                workdir, r.ckpts.directory, r.metadata["evaluations"], ema=ema, seconds=time.perf_counter() - started
+            )
+    finally:
+        profiler.close()
+        r.ckpts.wait()  # an asynchronous save in flight completes before we leave
+        r.ckpts.close()
+        _close(r.data)
+        writer.close()
+        stop.restore()
+    return r.state
 
+
+def _loop(r: _Run, writer, profiler: _Profiler, stop: _StopRequest, devices: str) -> None:
+    """Steps until the run is complete or asked to stop: a log line every `log_every_steps`, an
+    evaluation every `eval_every_epochs`, a checkpoint at each and every `checkpoint_every_steps`."""
+    config, s = r.config, r.s
     log_every = config.log_every_steps
     checkpoint_every = config.checkpoint_every_steps or s.steps_per_epoch
     eval_epochs = config.eval_every_epochs
     eval_every = max(1, round(eval_epochs * s.steps_per_epoch)) if eval_epochs > 0 else s.num_train_steps
-    profile_steps = config.profile_steps
-    profile_start = step + 5 if profile_steps else None  # after compilation and warm-up
     progress = _Progress(s.num_train_steps, config.batch_size, s.steps_per_epoch, eval_every)
-    stop, pending = _StopRequest(), []
-    compiled, profiling, started = False, False, time.perf_counter()
-    skipped = 0  # unreadable training images left out, since this process started
-    try:
-        while step < s.num_train_steps:
-            if step == profile_start:
-                jax.profiler.start_trace(str(workdir / "profile"))
-                profiling = True
-            batch = next(data)
-            skipped += int(batch.pop("skipped"))
-            batch = _global(mesh, batch)
-            if not compiled:
-                logging.info("Compiling the train step for %s (the first step waits for it)", devices)
-            state, metrics = train_step(state, batch["image"], batch["label"])
-            step += 1
-            pending.append(metrics)
-            if not compiled:  # keep compilation out of the throughput figures
-                jax.block_until_ready(metrics)
-                logging.info("Compiled and ran the first step in %.1f s", time.perf_counter() - started)
-                progress.restart(step)
-                compiled = True
-            if profile_start is not None and step == profile_start + profile_steps:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-                profiling = False
-                logging.info("Profiler trace of steps %d-%d in %s", profile_start, step, workdir / "profile")
+    stage, train_step, pending = None, r.steps.train_step, []
+    clock = _StageClock(s.steps_per_epoch)
+    while r.step < s.num_train_steps:
+        if stage is None or r.step == stage.end:  # a progressive stage starts (or the run does)
+            if stage is not None:
+                clock.report(stage, r.step)
+            stage = progressive.stage_at(s.stages, r.step)
+            if len(s.stages) > 1:
+                train_step = _enter_stage(r, stage)
+                logging.info("Progressive learning: %s", stage.describe())
+            compiled = False
+        profiler.before(r.step)
+        batch = next(r.data)
+        skipped = int(batch.pop("skipped"))
+        progress.data_skipped += skipped
+        batch = _global(s.mesh, batch)
+        if not compiled:
+            what = f"stage {stage.index + 1}'s train step" if len(s.stages) > 1 else "the train step"
+            logging.info("Compiling %s for %s (the first step waits for it)", what, devices)
+            compile_start = time.perf_counter()
+        r.state, metrics = train_step(r.state, batch["image"], batch["label"])
+        r.step += 1
+        pending.append(metrics)
+        if not compiled:  # keep compilation out of the throughput figures
+            jax.block_until_ready(metrics)
+            logging.info("Compiled and ran the first step in %.1f s", time.perf_counter() - compile_start)
+            progress.restart(r.step)
+            clock.start(r.step)
+            compiled = True
+        profiler.after(r.step, r.state)
 
-            stopping = stop.requested(step, log_every)
-            evaluate_now = step % eval_every == 0 or step == s.num_train_steps
-            save_now = evaluate_now or step % checkpoint_every == 0 or stopping
-            if step % log_every == 0 or save_now:
-                # Fetching syncs with the device; nothing diverged may be saved, so check first.
-                fetched = [_fetch(m) for m in pending]
-                pending = []
-                # A step that float16's loss scaling skipped changed nothing but the scale: its
-                # metrics are left out. A scale below 1 is a divergence.
-                applied = [m for m in fetched if not m.get("skipped")]
-                means = {k: float(np.mean([m[k] for m in applied])) for k in applied[0]
-                         if k not in ("skipped", "loss_scale")} if applied else {}  # fmt: skip
-                finite = {k: means.pop(f"finite_{k}", 1.0) for k in train.FINITE}
-                collapsed = any(m.get("loss_scale", 1.0) < 1 for m in fetched)
-                if collapsed or min(finite.values()) < 1 or not all(math.isfinite(v) for v in means.values()):
-                    raise TrainingDiverged(_divergence(fetched, state, step, ckpts))
-                scalars = {f"train_{k}": v for k, v in means.items()}
-                scaled = _fetch(state.loss_scale)
-                # The optimiser's count, which the schedule follows, does not move at a skipped step.
-                scalars["learning_rate"] = float(schedule(step - 1 - int(scaled.skipped)))
-                if "loss_scale" in fetched[0]:
-                    scalars.update(loss_scale=float(scaled.scale), skipped_steps=int(scaled.skipped))
-                scalars["data_skipped"] = _sum_over_processes(skipped)
-                scalars.update(progress.tick(step))
-                writer.write_scalars(step, scalars)
-                logging.info("%s", progress.line(step, scalars))
-            if save_now:
-                eval_metrics = None
-                if evaluate_now:
-                    eval_start = time.perf_counter()
-                    eval_metrics = run_evaluation(eval_step, state, s.eval_source, config, mesh, s.eval_transform)
-                    progress.eval_seconds = time.perf_counter() - eval_start
-                    run["evaluations"].append({"step": step, **eval_metrics})
-                    writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-                    logging.info("step %d eval: %s", step, _eval_line(eval_metrics, ema))
-                ckpts.save(step, state, data, run, metrics=eval_metrics)
-                writer.flush()
-                progress.restart(step)
-            if stopping:
-                logging.warning("Stop requested (SIGTERM): saved step %d; run the same command to resume", step)
-                break
-        logging.info("Parameters at step %d: fingerprint %s (process %d)", step, fingerprint(state.params),
-                     jax.process_index())  # fmt: skip
-        if step >= s.num_train_steps:
-            ckpts.wait()
-            _summary(workdir, ckpts.directory, run["evaluations"], ema=ema, seconds=time.perf_counter() - started)
-    finally:
-        if profiling:  # the run ended inside the traced steps
-            jax.profiler.stop_trace()
-        ckpts.wait()  # an asynchronous save in flight completes before we leave
-        ckpts.close()
-        if hasattr(data, "close"):  # grain worker processes
-            data.close()
-        writer.close()
-        stop.restore()
-    return state
+        stopping = stop.requested(r.step, log_every)
+        evaluate_now = r.step % eval_every == 0 or r.step == s.num_train_steps
+        save_now = evaluate_now or r.step % checkpoint_every == 0 or stopping
+        if r.step % log_every == 0 or save_now:
+            _report(r, pending, progress, writer, stage)
+            pending = []
+        if save_now:
+            paused = time.perf_counter()
+            _evaluate_and_save(r, evaluate_now, progress, writer)
+            clock.pause(time.perf_counter() - paused)
+            progress.restart(r.step)
+        if stopping:
+            logging.warning("Stop requested (SIGTERM): saved step %d; run the same command to resume", r.step)
+            return
+    if len(s.stages) > 1:
+        clock.report(stage, r.step)
+
+
+class _StageClock:
+    """Training time of a progressive stage, without its compilation, evaluations and saves."""
+
+    def __init__(self, steps_per_epoch: int):
+        self.steps_per_epoch, self.first, self.t0, self.paused = steps_per_epoch, None, 0.0, 0.0
+
+    def start(self, step: int) -> None:
+        self.first, self.t0, self.paused = step, time.perf_counter(), 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def report(self, stage: progressive.Stage, step: int) -> None:
+        if self.first is None or step <= self.first:
+            return
+        seconds = time.perf_counter() - self.t0 - self.paused
+        epochs = (step - self.first) / self.steps_per_epoch
+        logging.info(
+            "Progressive learning: stage %d/%d trained %d steps in %.1f s (%.1f s per epoch, "
+            "compilation and evaluation left out)",
+            stage.index + 1,
+            stage.count,
+            step - self.first,
+            seconds,
+            seconds / epochs,
+        )
+        self.first = None
+
+
+def _report(r: _Run, pending: list, progress: _Progress, writer, stage: progressive.Stage) -> None:
+    """The console line and the TensorBoard scalars of the steps whose metrics are `pending`.
+
+    Fetching syncs with the device; nothing diverged may be saved, so this comes first.
+    """
+    fetched = [_fetch(m) for m in pending]
+    # A step that float16's loss scaling skipped changed nothing but the scale: its metrics are
+    # left out. A scale below 1 is a divergence.
+    applied = [m for m in fetched if not m.get("skipped")]
+    means = (
+        {k: float(np.mean([m[k] for m in applied])) for k in applied[0] if k not in ("skipped", "loss_scale")}
+        if applied
+        else {}
+    )
+    finite = {k: means.pop(f"finite_{k}", 1.0) for k in train.FINITE}
+    collapsed = any(m.get("loss_scale", 1.0) < 1 for m in fetched)
+    if collapsed or min(finite.values()) < 1 or not all(math.isfinite(v) for v in means.values()):
+        raise TrainingDiverged(_divergence(fetched, r.state, r.step, r.ckpts))
+    scalars = {f"train_{k}": v for k, v in means.items()}
+    scaled = _fetch(r.state.loss_scale)
+    # The optimiser's count, which the schedule follows, does not move at a skipped step.
+    scalars["learning_rate"] = float(r.steps.schedule(r.step - 1 - int(scaled.skipped)))
+    if "loss_scale" in fetched[0]:
+        scalars.update(loss_scale=float(scaled.scale), skipped_steps=int(scaled.skipped))
+    scalars["data_skipped"] = _sum_over_processes(progress.data_skipped)
+    scalars.update(progress.tick(r.step))
+    if len(r.s.stages) > 1:
+        scalars.update(progressive.scalars(stage))
+    writer.write_scalars(r.step, scalars)
+    logging.info("%s", progress.line(r.step, scalars))
+
+
+def _evaluate_and_save(r: _Run, evaluate_now: bool, progress: _Progress, writer) -> None:
+    """An evaluation of the raw (and EMA) weights if due, then an asynchronous checkpoint."""
+    eval_metrics = None
+    if evaluate_now:
+        eval_start = time.perf_counter()
+        eval_metrics = run_evaluation(
+            r.steps.eval_step, r.state, r.s.eval_source, r.config, r.s.mesh, r.s.eval_transform
+        )
+        progress.eval_seconds = time.perf_counter() - eval_start
+        r.metadata["evaluations"].append({"step": r.step, **eval_metrics})
+        writer.write_scalars(r.step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+        logging.info("step %d eval: %s", r.step, _eval_line(eval_metrics, r.config.ema_decay > 0))
+    r.ckpts.save(r.step, r.state, r.data, r.metadata, metrics=eval_metrics)
+    writer.flush()
 
 
 def fingerprint(params: Any) -> str:
@@ -616,8 +859,9 @@ def _fetch(tree: Any) -> Any:
     return jax.tree.map(fetch, tree)
 
 
-def _summary(workdir: pathlib.Path, checkpoints: pathlib.Path, evaluations: list[dict], *, ema: bool,
-             seconds: float | None) -> None:  # fmt: skip
+def _summary(
+    workdir: pathlib.Path, checkpoints: pathlib.Path, evaluations: list[dict], *, ema: bool, seconds: float | None
+) -> None:
     """The closing lines: final and best top-1 (raw and EMA), wall time, where everything is."""
     if jax.process_index() > 0:
         return
@@ -626,8 +870,10 @@ def _summary(workdir: pathlib.Path, checkpoints: pathlib.Path, evaluations: list
         scored = [e for e in evaluations if f"{prefix}top1" in e]
         if scored:
             best = max(scored, key=lambda e: e[f"{prefix}top1"])
-            lines.append(f"{label} {100 * scored[-1][f'{prefix}top1']:.2f}% at the end (step {scored[-1]['step']}), "
-                         f"best {100 * best[f'{prefix}top1']:.2f}% (step {best['step']})")  # fmt: skip
+            lines.append(
+                f"{label} {100 * scored[-1][f'{prefix}top1']:.2f}% at the end (step {scored[-1]['step']}), "
+                f"best {100 * best[f'{prefix}top1']:.2f}% (step {best['step']})"
+            )
     if not lines:
         lines.append("no evaluation was run")
     if seconds is not None:
@@ -645,9 +891,20 @@ def _eval_line(m: dict[str, float], ema: bool) -> str:
 
 # Config fields a resumed run may change: how it is logged, checkpointed, evaluated and fed, and
 # how long it goes on (to extend it). A difference in any other field changes what the run is.
-RESUMABLE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs", "num_epochs",
-                    "num_train_steps", "data_workers", "data_threads", "profile_steps", "eval_batch_size", "data_dir",
-                    "allow_config_change")  # fmt: skip
+RESUMABLE_FIELDS = (
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_epochs",
+    "num_epochs",
+    "num_train_steps",
+    "data_workers",
+    "data_threads",
+    "profile_steps",
+    "eval_batch_size",
+    "data_dir",
+    "allow_config_change",
+)
 
 
 # What a run saved before a field existed did in its place, where that is not the field's default:
@@ -685,8 +942,11 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, 
     """
     new, old = _effective(_as_saved(config)), _effective(_as_saved(saved_config({"config": saved})))
     absent = "(absent)"
-    return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys())
-            if old.get(k, absent) != new.get(k, absent)}  # fmt: skip
+    return {
+        k: (old.get(k, absent), new.get(k, absent))
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, absent) != new.get(k, absent)
+    }
 
 
 def _resume(ckpts: checkpoint.RunCheckpoints, config, run: dict, state, data) -> tuple[train.TrainState, dict]:
@@ -744,8 +1004,10 @@ def _divergence(fetched: list[dict], state: train.TrainState, step: int, ckpts: 
         if m.get("loss_scale", 1.0) < 1:
             at = first + i
             skipped = int(_fetch(state.loss_scale.skipped))
-            cause = (f"the float16 loss scale fell below 1 ({m['loss_scale']:g}; {skipped} steps skipped in all): "
-                     "the gradients are not finite even unscaled")  # fmt: skip
+            cause = (
+                f"the float16 loss scale fell below 1 ({m['loss_scale']:g}; {skipped} steps skipped in all): "
+                "the gradients are not finite even unscaled"
+            )
             break
         if m.get("skipped"):  # a skipped step kept the state as it was
             continue
@@ -764,8 +1026,12 @@ def _divergence(fetched: list[dict], state: train.TrainState, step: int, ckpts: 
     )
 
 
-_PARTS = {"batch_stats": "BatchNorm", "params": "parameter", "ema_params": "EMA parameter",
-          "ema_batch_stats": "EMA BatchNorm"}  # fmt: skip
+_PARTS = {
+    "batch_stats": "BatchNorm",
+    "params": "parameter",
+    "ema_params": "EMA parameter",
+    "ema_batch_stats": "EMA BatchNorm",
+}
 _VARIABLES = {"var": "running variance", "mean": "running mean"}
 
 

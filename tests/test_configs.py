@@ -2,6 +2,7 @@
 value documented in docs/recipes.md is the one its config holds, and each field a recipe sets
 away from the defaults is documented there."""
 
+import functools
 import pathlib
 import re
 
@@ -23,6 +24,11 @@ def _config(name: str, argument: str):
     return FAMILIES[name].get_config(argument)
 
 
+def _flat(config) -> dict:
+    """field -> value, a nested config's fields dotted (`progressive.stages`), as the tables name them."""
+    return {f: functools.reduce(lambda c, k: c[k], f.split("."), config) for f in trainer._fields(config)}
+
+
 @pytest.mark.parametrize("name, argument", RECIPES)
 def test_every_recipe_loads_and_passes_the_trainers_checks(name, argument):
     config = _config(name, argument)
@@ -38,7 +44,7 @@ def _documented() -> dict[tuple[str, str], dict[str, str]]:
         if heading:
             current = tables.setdefault((heading[1], heading[2] or ""), {})
             continue
-        row = re.match(r"\| `(\w+)` \| `([^`]*)` \|", line)
+        row = re.match(r"\| `([\w.]+)` \| `([^`]*)` \|", line)
         if row and current is not None:
             assert row[1] not in current, f"{row[1]} documented twice"
             current[row[1]] = row[2]
@@ -58,8 +64,8 @@ def test_docs_recipes_has_a_table_for_every_recipe():
 @pytest.mark.parametrize("name, argument", RECIPES)
 def test_docs_recipes_values_are_the_configs(name, argument):
     documented = _documented()[(name, argument)]
-    config = _config(name, argument)
-    defaults = default.get_config()
+    config = _flat(_config(name, argument))
+    defaults = _flat(default.get_config())
     for field, text in documented.items():
         assert field in config, f"docs/recipes.md documents {field}, which no config has"
         expected, actual = _value(text), config[field]
@@ -69,7 +75,7 @@ def test_docs_recipes_values_are_the_configs(name, argument):
         assert same, f"configs/{name}.py:{argument} {field} = {config[field]!r}, docs/recipes.md says {text}"
     # A named recipe's table lists what differs from its family's default recipe; a default
     # recipe's table lists every field it sets away from configs/default.py.
-    base = _config(name, "") if argument else defaults
+    base = _flat(_config(name, "")) if argument else defaults
     if argument:
         documented = {**_documented()[(name, "")], **documented}
     changed = {f for f in config.keys() if config[f] != base[f]}
