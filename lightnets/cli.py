@@ -119,7 +119,10 @@ def flag_error(error: BaseException, argv: list[str]) -> str:
         field = field.group(1) if field else text
         suggestion = re.search(r'Did you mean "(\w+)"', str(error))
         hint = f'; did you mean "{suggestion.group(1)}"?' if suggestion else " (configs/default.py lists the fields)"
-        return f"--config.{field}: the config has no field {field!r}{hint}"
+        # A nested field (--config.progressive.stagez) by the path it was given as.
+        given = [a[2:].split("=")[0] for a in argv if re.match(rf"--config\.(\w+\.)*{field}(=|$)", a)]
+        path = given[0] if given else f"config.{field}"
+        return f"--{path}: the config has no field {path.removeprefix('config.')!r}{hint}"
     first = str(error).splitlines()[0]
     if isinstance(root, ValueError) and root is not error and "Traceback" not in text:
         where = re.match(r"flag (--\S+): ", first)  # absl: "flag --config.batch_size=abc: ..."

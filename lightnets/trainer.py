@@ -757,12 +757,11 @@ def _loop(r: _Run, writer, profiler: _Profiler, stop: _StopRequest, devices: str
         if stopping:
             logging.warning("Stop requested (SIGTERM): saved step %d; run the same command to resume", r.step)
             return
-    if len(s.stages) > 1:
-        clock.report(stage, r.step)
+    clock.report(stage, r.step)
 
 
 class _StageClock:
-    """Training time of a progressive stage, without its compilation, evaluations and saves."""
+    """Training time of a progressive stage (of the run, without one), less compilation, evaluations, saves."""
 
     def __init__(self, steps_per_epoch: int):
         self.steps_per_epoch, self.first, self.t0, self.paused = steps_per_epoch, None, 0.0, 0.0
@@ -778,11 +777,10 @@ class _StageClock:
             return
         seconds = time.perf_counter() - self.t0 - self.paused
         epochs = (step - self.first) / self.steps_per_epoch
+        what = f"Progressive learning: stage {stage.index + 1}/{stage.count} trained" if stage.count > 1 else "Trained"
         logging.info(
-            "Progressive learning: stage %d/%d trained %d steps in %.1f s (%.1f s per epoch, "
-            "compilation and evaluation left out)",
-            stage.index + 1,
-            stage.count,
+            "%s %d steps in %.1f s (%.1f s per epoch, compilation, evaluation and saving left out)",
+            what,
             step - self.first,
             seconds,
             seconds / epochs,

@@ -181,3 +181,15 @@ def test_the_progressive_quickstart_and_recipes_are_valid_configs():
     for c in (quickstart.get_config("progressive"), *(efficientnetv2.get_config(f"paper_{v}") for v in "sml")):
         trainer.check_config(c)
         assert len(progressive.stages(c.progressive, 1000)) == 4
+
+
+def test_main_takes_a_schedule_from_the_command_line_and_names_a_misspelt_one(tmp_path):
+    from tests.test_trainer import main_py
+
+    short = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.progressive.stages=3",
+                    '--config.progressive.image_size=(16, 32)', "--config.num_train_steps=5")  # fmt: skip
+    out = short.communicate(timeout=120)[0]
+    assert short.returncode == 2 and "stages of 1 steps, shorter than an epoch (22 steps)" in out
+    misspelt = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.progressive.stagez=3")
+    out = misspelt.communicate(timeout=120)[0]
+    assert misspelt.returncode == 2 and "error: --config.progressive.stagez: the config has no field" in out
