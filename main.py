@@ -41,8 +41,9 @@ def _define_config_flag() -> None:
     # ml_collections reads the --config.FIELD overrides while the flag is defined: a misspelt
     # field raises here, before absl parses anything.
     try:
-        config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Configuration file[:variant].",
-                                        lock_config=True)  # fmt: skip
+        config_flags.DEFINE_config_file(
+            "config", "configs/quickstart.py", "Configuration file[:variant].", lock_config=True
+        )
     except Exception as e:
         if cli.debugging():
             raise
@@ -63,8 +64,13 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize()
     else:
         return
-    logging.info("Process %d of %d; %d local of %d devices", jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())  # fmt: skip
+    logging.info(
+        "Process %d of %d; %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def main(argv):

@@ -111,8 +111,16 @@ def pipeline_rate(source, *, train: bool, transform, batch_size: int, workers: i
     batches = batches or max(2, len(source) // batch_size)
     rates = []
     if train:
-        it = datasets.train_iterator(source, global_batch_size=batch_size, seed=0, transform=transform,
-                                     workers=workers, threads=1, process_index=0, process_count=1)  # fmt: skip
+        it = datasets.train_iterator(
+            source,
+            global_batch_size=batch_size,
+            seed=0,
+            transform=transform,
+            workers=workers,
+            threads=1,
+            process_index=0,
+            process_count=1,
+        )
         next(it)  # start-up (and worker spawn) excluded
         for _ in range(5):
             start = time.perf_counter()
@@ -144,8 +152,10 @@ def main(argv) -> None:
     source = datasets.create_source(f"folder:{root}", "train", image_size=size)
     val = datasets.create_source(f"folder:{root}", "validation", image_size=size)
     blobs = [source[i]["image"] for i in range(len(source))]
-    print(f"# {len(source)} train / {len(val)} val JPEGs, 500x375 q90, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB "
-          f"on average; one thread of one core unless said; {os.cpu_count()} cores here")  # fmt: skip
+    print(
+        f"# {len(source)} train / {len(val)} val JPEGs, 500x375 q90, {np.mean([len(b) for b in blobs]) / 1e3:.0f} kB "
+        f"on average; one thread of one core unless said; {os.cpu_count()} cores here"
+    )
 
     rows = []
     for name, value in decoders(blobs, size).items():
@@ -153,15 +163,26 @@ def main(argv) -> None:
     train_tf = transforms.TrainTransform(size)
     for draft in (False, True):
         tf = transforms.TrainTransform(size, draft=draft)
-        rows.append(("train path", f"crop+flip, draft={draft}", pipeline_rate(source, train=True, transform=tf,
-                                                                                batch_size=batch)))  # fmt: skip
+        rows.append(
+            (
+                "train path",
+                f"crop+flip, draft={draft}",
+                pipeline_rate(source, train=True, transform=tf, batch_size=batch),
+            )
+        )
     ra = transforms.TrainTransform(size, randaugment="rand-m9-mstd0.5", interpolation="random")
-    rows.append(("train path", "crop+flip+RandAugment m9", pipeline_rate(source, train=True, transform=ra,
-                                                                         batch_size=batch)))  # fmt: skip
+    rows.append(
+        ("train path", "crop+flip+RandAugment m9", pipeline_rate(source, train=True, transform=ra, batch_size=batch))
+    )
     for draft in (False, True):
         tf = transforms.EvalTransform(size, draft=draft)
-        rows.append(("eval path", f"resize+centre crop, draft={draft}", pipeline_rate(val, train=False, transform=tf,
-                                                                                       batch_size=batch)))  # fmt: skip
+        rows.append(
+            (
+                "eval path",
+                f"resize+centre crop, draft={draft}",
+                pipeline_rate(val, train=False, transform=tf, batch_size=batch),
+            )
+        )
     for side in (int(s) for s in FLAGS.prepared_sides):
         copy = workdir / f"prepared_{side}"
         if not (copy / "info.json").exists():
@@ -173,9 +194,20 @@ def main(argv) -> None:
         rows.append((f"prepared {side}px", "train path crop+flip", train_rate))
         rows.append((f"prepared {side}px", "eval path", eval_rate))
     cores = os.cpu_count() or 1
-    rows.append((f"{cores} workers", "train path crop+flip (all cores)",
-                 pipeline_rate(source, train=True, transform=train_tf, batch_size=batch, workers=cores,
-                               batches=max(8, 4 * len(source) // batch))))  # fmt: skip
+    rows.append(
+        (
+            f"{cores} workers",
+            "train path crop+flip (all cores)",
+            pipeline_rate(
+                source,
+                train=True,
+                transform=train_tf,
+                batch_size=batch,
+                workers=cores,
+                batches=max(8, 4 * len(source) // batch),
+            ),
+        )
+    )
 
     # This machine is shared: the median says what to expect, the best what a quiet core does.
     print(f"{'':20s} {'':38s} {'median/s':>9s} {'best/s':>8s} {'cores for ' + str(FLAGS.device_rate) + '/s':>18s}")

@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from lightnets import export, inference
 
-    print("| model | format | check | max abs diff / max abs logit | top-1 agreement | size (MB) | export (s) "
-          "| batch-1 latency (ms) |")  # fmt: skip
+    print(
+        "| model | format | check | max abs diff / max abs logit | top-1 agreement | size (MB) | export (s) "
+        "| batch-1 latency (ms) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for checkpoint in args.checkpoint:
         loaded = inference.load(checkpoint)
@@ -93,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
                 path = output if result.passed else output.with_name(output.name + ".failed")
                 ms = 1000 * latency(fmt, path, pixels, args.runs, args.threads)
                 name = f"{fmt} {quantize}" if quantize != "none" else fmt
-                print(f"| {loaded.model.variant} | {name} | {'pass' if result.passed else 'FAIL'} | "
-                      f"{result.relative:.1e} | {result.top1_agreement:.1%} | {path.stat().st_size / 1e6:.2f} | "
-                      f"{seconds:.0f} | {ms:.2f} |", flush=True)  # fmt: skip
+                print(
+                    f"| {loaded.model.variant} | {name} | {'pass' if result.passed else 'FAIL'} | "
+                    f"{result.relative:.1e} | {result.top1_agreement:.1%} | {path.stat().st_size / 1e6:.2f} | "
+                    f"{seconds:.0f} | {ms:.2f} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -34,8 +34,14 @@ def main():
     args = parser.parse_args()
 
     config = default.get_config()
-    config.update(model=args.model, dataset=f"synthetic:{args.batch * (args.steps + 5)}", image_size=args.size,
-                  batch_size=args.batch, num_epochs=1.0, dtype=args.dtype)  # fmt: skip
+    config.update(
+        model=args.model,
+        dataset=f"synthetic:{args.batch * (args.steps + 5)}",
+        image_size=args.size,
+        batch_size=args.batch,
+        num_epochs=1.0,
+        dtype=args.dtype,
+    )
     s = trainer.setup(config)
     steps = trainer.build_steps(config, s.model, s.mesh, s.steps_per_epoch)  # the trainer's own step
     state, step = steps.state, steps.train_step
@@ -63,11 +69,15 @@ def main():
     jax.block_until_ready(metrics)
     loop = (time.perf_counter() - start) / args.steps
 
-    print(f"{args.model} batch {args.batch} at {args.size} px, {args.dtype}, {jax.device_count()} x "
-          f"{jax.devices()[0].device_kind}, jax {jax.__version__}")  # fmt: skip
-    print(f"device {1e3 * device:.1f} ms/step | loop {1e3 * loop:.1f} ms/step ({100 * (loop - device) / device:+.1f} %)"
-          f" | host, median: next batch {1e3 * np.median(fetch):.2f} ms, transfer + dispatch "
-          f"{1e3 * np.median(dispatch):.2f} ms")  # fmt: skip
+    print(
+        f"{args.model} batch {args.batch} at {args.size} px, {args.dtype}, {jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
+    )
+    print(
+        f"device {1e3 * device:.1f} ms/step | loop {1e3 * loop:.1f} ms/step ({100 * (loop - device) / device:+.1f} %)"
+        f" | host, median: next batch {1e3 * np.median(fetch):.2f} ms, transfer + dispatch "
+        f"{1e3 * np.median(dispatch):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -134,8 +134,9 @@ def end_to_end_rows(config, args, compiled, holder, mesh, n: int) -> list[Row]:
     source = datasets.create_source(args.data, "train", image_size=args.image_size)
     transform = trainer.data_transforms(config)[0]
     workers = args.data_workers if args.data_workers >= 0 else 0
-    data = datasets.train_iterator(source, global_batch_size=n, seed=0, transform=transform, workers=workers,
-                                   threads=args.data_threads)  # fmt: skip
+    data = datasets.train_iterator(
+        source, global_batch_size=n, seed=0, transform=transform, workers=workers, threads=args.data_threads
+    )
 
     def run_fed(k):
         for _ in range(k):
@@ -212,8 +213,12 @@ def torch_rows(model_name: str, args, *, compiled: bool) -> list[Row]:
 def environment() -> str:
     import flax
 
-    parts = [f"jax {jax.__version__}", f"flax {flax.__version__}", f"backend {jax.default_backend()}",
-             f"{jax.device_count()} x {jax.devices()[0].device_kind}"]  # fmt: skip
+    parts = [
+        f"jax {jax.__version__}",
+        f"flax {flax.__version__}",
+        f"backend {jax.default_backend()}",
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    ]
     if "torch" in sys.modules:
         import torch
 
@@ -246,8 +251,10 @@ def main(argv=None) -> list[tuple[str, Row]]:
                 rows += torch_rows(name, args, compiled=True)
         results += [(name, row) for row in rows]
 
-    print(f"# {environment()}; batch {args.batch_size} per device, {args.image_size} px, {args.dtype}; "
-          f"{args.windows} windows of {args.steps} steps, images/s per device")  # fmt: skip
+    print(
+        f"# {environment()}; batch {args.batch_size} per device, {args.image_size} px, {args.dtype}; "
+        f"{args.windows} windows of {args.steps} steps, images/s per device"
+    )
     header = "| model | framework | mode | images/s (median) | best | compile or warm-up s | peak MB | vs torch eager |"
     print(header)
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -257,13 +264,17 @@ def main(argv=None) -> list[tuple[str, Row]]:
         eager = next((r for n, r in results if n == name and r.framework == "torch eager" and r.mode == row.mode), None)
         ratio = f"{(row.median / scale) / eager.median:.2f}x" if eager is not None else ""
         peak = f"{row.peak_mb:.0f}" if row.peak_mb is not None else "n/a"
-        print(f"| {name} | {row.framework} | {row.mode} | {row.median / scale:.1f} | {max(row.rates) / scale:.1f} | "
-              f"{row.compile_s:.1f} | {peak} | {ratio} |")  # fmt: skip
+        print(
+            f"| {name} | {row.framework} | {row.mode} | {row.median / scale:.1f} | {max(row.rates) / scale:.1f} | "
+            f"{row.compile_s:.1f} | {peak} | {ratio} |"
+        )
     for name, row in results:
         if row.framework == "input pipeline, 1 core":
             synthetic = next(r for n, r in results if n == name and r.framework == "lightnets" and r.mode == "train")
-            print(f"# {name}: {synthetic.median / row.median:.1f} host cores of decoding keep the devices of this host "
-                  f"fed at {synthetic.median:.0f} images/s (synthetic data)")  # fmt: skip
+            print(
+                f"# {name}: {synthetic.median / row.median:.1f} host cores of decoding keep the devices of this host "
+                f"fed at {synthetic.median:.0f} images/s (synthetic data)"
+            )
     return results
 
 

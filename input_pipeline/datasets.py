@@ -313,8 +313,10 @@ def eval_batches(
             read, skipped = read + int(batch["valid"].sum()), skipped + int(batch["skipped"])
             yield batch
         if skipped and not read:
-            raise ValueError(f"cannot read the images of {describe(source)}: none of the {skipped} evaluated here "
-                             "was readable (each is logged above with its reason)")  # fmt: skip
+            raise ValueError(
+                f"cannot read the images of {describe(source)}: none of the {skipped} evaluated here "
+                "was readable (each is logged above with its reason)"
+            )
     finally:
         if hasattr(it, "close"):  # worker processes and their shared memory
             it.close()

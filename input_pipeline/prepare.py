@@ -71,9 +71,17 @@ def _convert(args: tuple[int, int, int]) -> tuple[int, int, bytes | None, str]:
         return index, int(example["label"]), None, f"{example.get('name', index)}: {e}"
 
 
-def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: int = 90,
-            splits=("train", "validation"), workers: int = 0, examples_per_shard: int = 20_000,
-            data_dir: str | None = None) -> dict:  # fmt: skip
+def prepare(
+    dataset: str,
+    output: str,
+    *,
+    max_shorter_side: int = 256,
+    quality: int = 90,
+    splits=("train", "validation"),
+    workers: int = 0,
+    examples_per_shard: int = 20_000,
+    data_dir: str | None = None,
+) -> dict:
     """Writes the copy and returns its info (also in `output/info.json`)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -119,8 +127,9 @@ def prepare(dataset: str, output: str, *, max_shorter_side: int = 256, quality: 
             if writer is not None:
                 writer.close()
         info["splits"][split] = {"files": files, "num_examples": written, "skipped": len(skipped)}
-        logging.info("%s: wrote %d images in %.0f s, skipped %d", split, written, time.perf_counter() - started,
-                     len(skipped))  # fmt: skip
+        logging.info(
+            "%s: wrote %d images in %.0f s, skipped %d", split, written, time.perf_counter() - started, len(skipped)
+        )
     (out / sources.INFO_FILE).write_text(json.dumps(info, indent=1))
     return info
 
@@ -131,19 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="source to copy: folder:PATH, tfds:NAME or prepared:PATH")
     parser.add_argument("--output", required=True, help="directory to write (must not hold a prepared copy already)")
-    parser.add_argument("--max_shorter_side", type=int, default=256,
-                        help="images whose shorter side is longer are downsized to it (default 256)")  # fmt: skip
+    parser.add_argument(
+        "--max_shorter_side",
+        type=int,
+        default=256,
+        help="images whose shorter side is longer are downsized to it (default 256)",
+    )
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-encoded images (default 90)")
-    parser.add_argument("--splits", type=lambda s: s.split(","), default=list(datasets.SPLITS),
-                        help="splits to copy, comma-separated (default train,validation)")  # fmt: skip
+    parser.add_argument(
+        "--splits",
+        type=lambda s: s.split(","),
+        default=list(datasets.SPLITS),
+        help="splits to copy, comma-separated (default train,validation)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="processes re-encoding images; 0: one per core")
     parser.add_argument("--examples_per_shard", type=int, default=20_000, help="records per ArrayRecord file")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir for tfds: sources")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.INFO)  # the progress lines
-    prepare(args.dataset, args.output, max_shorter_side=args.max_shorter_side, quality=args.quality,
-            splits=args.splits, workers=args.workers, examples_per_shard=args.examples_per_shard,
-            data_dir=args.data_dir)  # fmt: skip
+    prepare(
+        args.dataset,
+        args.output,
+        max_shorter_side=args.max_shorter_side,
+        quality=args.quality,
+        splits=args.splits,
+        workers=args.workers,
+        examples_per_shard=args.examples_per_shard,
+        data_dir=args.data_dir,
+    )
     return 0
 
 

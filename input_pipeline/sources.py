@@ -347,5 +347,8 @@ class Cifar10Source:
         file = int(np.searchsorted(self._offsets, index, side="right")) - 1
         record = self._maps[file][index - self._offsets[file]]
         planes = record[1:].reshape(3, _CIFAR_SIDE, _CIFAR_SIDE)
-        return {"image": np.ascontiguousarray(planes.transpose(1, 2, 0)), "label": self.labels[index],
-                "name": f"{self.files[file]}[{index - self._offsets[file]}]"}  # fmt: skip
+        return {
+            "image": np.ascontiguousarray(planes.transpose(1, 2, 0)),
+            "label": self.labels[index],
+            "name": f"{self.files[file]}[{index - self._offsets[file]}]",
+        }

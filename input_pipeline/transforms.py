@@ -85,8 +85,15 @@ def decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.I
     return image
 
 
-def _resize_box(image: Image.Image, box: tuple[float, ...], size: tuple[int, int], resample, draft: bool,
-                crop: bool = False, data=None) -> Image.Image:  # fmt: skip
+def _resize_box(
+    image: Image.Image,
+    box: tuple[float, ...],
+    size: tuple[int, int],
+    resample,
+    draft: bool,
+    crop: bool = False,
+    data=None,
+) -> Image.Image:
     """The region `box` (left, top, right, bottom; full-resolution pixels) of `image`, resized to `size`, RGB.
 
     `crop=True` resizes the region alone, as torchvision's `resized_crop` does (the filter sees
@@ -175,8 +182,9 @@ class TrainTransform:
     def __call__(self, data: bytes | np.ndarray, rng: np.random.Generator) -> np.ndarray:
         image = open_image(data)
         box = random_resized_crop_box(*image.size, rng, self.scale, self.ratio)
-        out = _resize_box(image, box, (self.size, self.size), _resample(self.interpolation, rng), self.draft,
-                          crop=True, data=data)  # fmt: skip
+        out = _resize_box(
+            image, box, (self.size, self.size), _resample(self.interpolation, rng), self.draft, crop=True, data=data
+        )
         if self.hflip and rng.random() < self.hflip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)  # PIL's flip is ~10x faster than a strided numpy copy
         if self.randaugment is not None:
@@ -240,8 +248,16 @@ class PadCropTransform:
     OpenCV's, which MindSpore's `Resize` calls (pixel centres at +0.5, edges repeated).
     """
 
-    def __init__(self, size: int, *, padding: int = 4, hflip: float = 0.5, randaugment: str = "",
-                 interpolation: str = "bilinear", fill: tuple[int, int, int] = (128, 128, 128)):  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        *,
+        padding: int = 4,
+        hflip: float = 0.5,
+        randaugment: str = "",
+        interpolation: str = "bilinear",
+        fill: tuple[int, int, int] = (128, 128, 128),
+    ):
         if not (isinstance(padding, int) and padding >= 0):
             raise ValueError(f"crop_padding must be a whole number of pixels >= 0, got {padding!r}")
         if interpolation != "random" and interpolation not in INTERPOLATIONS:

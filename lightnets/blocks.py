@@ -257,8 +257,13 @@ def torchvision_mbnet_names(model: MBNet, blocks: dict[type, dict[str, str]], *,
     its positions inside torchvision's block."""
     stage_starts = np.cumsum([0] + [len(stage) for stage in model.blocks]).tolist()
     head = stage_starts[-1] + 1 if flat else len(model.blocks) + 1
-    top = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": f"features.{head}.0",
-           "bn2": f"features.{head}.1", "classifier": "classifier.1"}  # fmt: skip
+    top = {
+        "conv_stem": "features.0.0",
+        "bn1": "features.0.1",
+        "conv_head": f"features.{head}.0",
+        "bn2": f"features.{head}.1",
+        "classifier": "classifier.1",
+    }
 
     def name(path: tuple) -> str:
         if path[0] != "blocks":

@@ -64,9 +64,11 @@ def nonfinite(tree: Any, *, kinds: bool = False) -> list[str]:
     Arrays on devices are checked where they are, in one jitted call, and only one boolean per
     array comes back to the host; numpy arrays are checked on the host.
     """
-    leaves = [(jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value"), x)
-              for path, x in jax.tree_util.tree_leaves_with_path(tree)
-              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]  # fmt: skip
+    leaves = [
+        (jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value"), x)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     on_device = iter(jax.device_get(_all_finite([x for _, x in leaves if isinstance(x, jax.Array)])))
     finite = [bool(next(on_device)) if isinstance(x, jax.Array) else bool(np.isfinite(x).all()) for _, x in leaves]
     bad = [(name, x) for (name, x), ok in zip(leaves, finite, strict=True) if not ok]
@@ -93,8 +95,9 @@ def check_finite(tree: Any, what: str) -> None:
         )
 
 
-def check_destination(path: str | os.PathLike, *, overwrite: bool = False, directory: bool = True,
-                      sidecars: tuple[str, ...] = ()) -> pathlib.Path:  # fmt: skip
+def check_destination(
+    path: str | os.PathLike, *, overwrite: bool = False, directory: bool = True, sidecars: tuple[str, ...] = ()
+) -> pathlib.Path:
     """`path` made absolute, if a save may write there; else an OSError saying what is in the way.
 
     A directory (what `save_weights` writes) may already exist if empty, a file (`directory=False`;
@@ -121,8 +124,15 @@ def check_destination(path: str | os.PathLike, *, overwrite: bool = False, direc
     return path
 
 
-def save_weights(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False,
-                 allow_nonfinite: bool = False, mean=None, std=None) -> None:  # fmt: skip
+def save_weights(
+    model: nnx.Module,
+    directory: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    allow_nonfinite: bool = False,
+    mean=None,
+    std=None,
+) -> None:
     """Writes a model built by `create_model` (or `convert.from_torch`) to `directory`.
 
     `mean`/`std` are the normalisation the weights were trained with, recorded for whoever
@@ -158,8 +168,13 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_weights(directory: str | os.PathLike, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None,
-                 allow_nonfinite: bool = False):  # fmt: skip
+def load_weights(
+    directory: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+    allow_nonfinite: bool = False,
+):
     """The model saved in `directory`, in eval mode, computing in `dtype`.
 
     Refuses weights holding a nan or an inf (NonFiniteError) unless `allow_nonfinite`.
@@ -325,8 +340,11 @@ class WorkdirLock:
                 )
         if previous and previous.get("pid") != os.getpid():
             logging.warning("Taking over %s from %s, which no longer runs", self.path, _describe(previous))
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}  # fmt: skip
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         file.seek(0)
         file.truncate()
         file.write(json.dumps(holder) + "\n")
@@ -385,8 +403,15 @@ class RunCheckpoints:
     `directory`) until `close`, on process 0: the trainer does, readers do not.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: int = 1, best_metric: str = "top1",
-                 lock: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        keep_best: int = 1,
+        best_metric: str = "top1",
+        lock: bool = False,
+    ):
         self.directory = pathlib.Path(directory).absolute()
         self._lock = WorkdirLock(self.directory.parent) if lock and jax.process_index() == 0 else None
         if self._lock is not None:
@@ -408,8 +433,9 @@ class RunCheckpoints:
             enable_async_checkpointing=True,
         )
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                                 item_names=("state", "data", "run", "checksums"))  # fmt: skip
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "data", "run", "checksums")
+            )
         except BaseException:
             self.release_lock()
             raise
@@ -471,8 +497,11 @@ class RunCheckpoints:
         except Exception as e:
             raise DamagedCheckpoint(f"cannot read its state: {_short(e)}") from None
         if recorded is None:
-            logging.warning("Step %d of %s has no checksums (written before lightnets recorded them): not verified",
-                            step, self.directory)  # fmt: skip
+            logging.warning(
+                "Step %d of %s has no checksums (written before lightnets recorded them): not verified",
+                step,
+                self.directory,
+            )
         else:
             for name, a in _host(state).items():
                 if _digest(a) != recorded["state"][name][2]:
@@ -499,8 +528,10 @@ class RunCheckpoints:
             if not verify:
                 raise DamagedCheckpoint(f"cannot read the data iterator's state: {_short(e)}") from None
             # Intact, so it does not fit this iterator (grain needs the same data_workers, processes).
-            raise ValueError(f"the data iterator's position in step {step} of {self.directory} does not fit this "
-                             f"input pipeline (same data_workers and processes?): {_short(e)}") from None  # fmt: skip
+            raise ValueError(
+                f"the data iterator's position in step {step} of {self.directory} does not fit this "
+                f"input pipeline (same data_workers and processes?): {_short(e)}"
+            ) from None
 
     def restore_latest(self, like: Any, data_iterator: Any = None, check_run=None) -> tuple[int | None, Any, Any]:
         """The newest intact step: (step, state shaped and sharded as `like`, its metadata), or (None, like, None).
@@ -559,8 +590,9 @@ class RunCheckpoints:
                 done = f"left in place ({e.strerror})"
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("lightnets: set aside a damaged step")
-        logging.warning("Checkpoint step %d in %s is damaged (%s): %s; trying the previous one", step, self.directory,
-                        problem, done)  # fmt: skip
+        logging.warning(
+            "Checkpoint step %d in %s is damaged (%s): %s; trying the previous one", step, self.directory, problem, done
+        )
         self.manager.reload()
 
     def last_good_step(self) -> int | None:
@@ -592,15 +624,22 @@ def _check_fits(recorded: dict, like: Any, what: str) -> None:
     saved = {k: v[:2] for k, v in recorded.items()}
     if saved != expected:
         names = sorted(saved.keys() | expected.keys())
-        differ = [f"{k}: {saved.get(k, 'absent')} -> {expected.get(k, 'absent')}" for k in names
-                  if saved.get(k) != expected.get(k)]  # fmt: skip
+        differ = [
+            f"{k}: {saved.get(k, 'absent')} -> {expected.get(k, 'absent')}"
+            for k in names
+            if saved.get(k) != expected.get(k)
+        ]
         unmatched = {k for k in names if saved.get(k) != expected.get(k)}
         if unmatched == {k for k in expected if k.startswith("loss_scale.") and k not in saved}:
-            raise ValueError(f"{what} was written by a lightnets from before the train state held the float16 "
-                             "loss scale (2026-12-02): finish that run with the lightnets that began it, or "
-                             "start this one in another --workdir")  # fmt: skip
-        raise ValueError(f"{what} holds another state than this run's ({len(differ)} arrays differ, e.g. "
-                         f"{'; '.join(differ[:3])}): did the optimiser or the model change?")  # fmt: skip
+            raise ValueError(
+                f"{what} was written by a lightnets from before the train state held the float16 "
+                "loss scale (2026-12-02): finish that run with the lightnets that began it, or "
+                "start this one in another --workdir"
+            )
+        raise ValueError(
+            f"{what} holds another state than this run's ({len(differ)} arrays differ, e.g. "
+            f"{'; '.join(differ[:3])}): did the optimiser or the model change?"
+        )
 
 
 def _short(e: Exception) -> str:

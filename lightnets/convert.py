@@ -70,8 +70,10 @@ class CheckpointMismatchError(ValueError):
 def _check_torch_variant(name: str) -> None:
     """A MindSpore network (other padding than any PyTorch layout's) is refused, not silently mixed."""
     if default_layout(name) not in LAYOUTS:
-        raise ValueError(f"{name} is a MindSpore network, with no PyTorch layout: its checkpoints convert with "
-                         "--mindspore_checkpoint / --to_mindspore (from_mindspore, to_mindspore)")  # fmt: skip
+        raise ValueError(
+            f"{name} is a MindSpore network, with no PyTorch layout: its checkpoints convert with "
+            "--mindspore_checkpoint / --to_mindspore (from_mindspore, to_mindspore)"
+        )
 
 
 def default_layout(variant: str) -> str:
@@ -290,8 +292,17 @@ def from_torch(
                 layout = default_layout(name)  # another network's checkpoint: report its keys against ours
         return torch_names(abstract, layout)
 
-    return _load(name, state_dict, what, names_of, lambda: layout, num_classes=num_classes, dtype=dtype, rngs=rngs,
-                 allow_nonfinite=allow_nonfinite)  # fmt: skip
+    return _load(
+        name,
+        state_dict,
+        what,
+        names_of,
+        lambda: layout,
+        num_classes=num_classes,
+        dtype=dtype,
+        rngs=rngs,
+        allow_nonfinite=allow_nonfinite,
+    )
 
 
 def _load(
@@ -334,8 +345,10 @@ def _load(
     if missing or unexpected or shapes:
         hint = ""
         if ckpt_classes is not None and ckpt_classes != classes:
-            hint = (f" It classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} (--num_classes) to load "
-                    f"its classifier, or num_classes=N for a new {name} classifier of N classes.")  # fmt: skip
+            hint = (
+                f" It classifies {ckpt_classes} classes: pass num_classes={ckpt_classes} (--num_classes) to load "
+                f"its classifier, or num_classes=N for a new {name} classifier of N classes."
+            )
         raise CheckpointMismatchError(_mismatch_report(what, name, layout, missing, unexpected, shapes, hint))
     if not allow_nonfinite:
         check_finite({theirs: state_dict[theirs] for theirs in names.values() if theirs in state_dict}, what)
@@ -410,8 +423,10 @@ def mindspore_names(model: nnx.Module) -> dict[tuple, str]:
     variant = getattr(model, "variant", type(model).__name__)
     namer = getattr(model, "mindspore_name", None)
     if namer is None or variant not in mindspore_variants():
-        raise ValueError(f"{variant} is not a MindSpore network; MindSpore checkpoints convert to and from "
-                         f"{', '.join(mindspore_variants())}")  # fmt: skip
+        raise ValueError(
+            f"{variant} is not a MindSpore network; MindSpore checkpoints convert to and from "
+            f"{', '.join(mindspore_variants())}"
+        )
     return _variable_names(model, namer, _MINDSPORE_VARIABLES)
 
 
@@ -459,21 +474,35 @@ def from_mindspore(
     if strings:
         raise ValueError(f"{what}: {', '.join(strings)} hold strings, not weights")
     # Half-precision weights widen to float32 exactly.
-    state = {k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v
-             for k, v in state.items()}  # fmt: skip
+    state = {
+        k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16" else v for k, v in state.items()
+    }
     said = notes if notes is not None else []
     if ignored:
-        said.append(f"left out {len(ignored)} entries of the training state (optimiser slots, scalars): "
-                    f"{', '.join(sorted(ignored, key=_natural)[:4])}{', ...' if len(ignored) > 4 else ''}")  # fmt: skip
+        said.append(
+            f"left out {len(ignored)} entries of the training state (optimiser slots, scalars): "
+            f"{', '.join(sorted(ignored, key=_natural)[:4])}{', ...' if len(ignored) > 4 else ''}"
+        )
     spare = _mindspore_classes(name) - 1000
     head = sorted(theirs for ours, theirs in expected.items() if reference.is_head(ours))
     with_spare = all(state.get(k, np.zeros(0)).shape[:1] == (1000 + spare,) for k in head)
     if num_classes in (None, 1000) and spare > 0 and with_spare:
         state.update({k: state[k][:1000] for k in head})
-        said.append(f"dropped the classifier's {spare} spare logit(s) after ImageNet's 1000 classes (num_classes="
-                    f"{1000 + spare} keeps them)")  # fmt: skip
-    return _load(name, state, what, names_of, lambda: "MindSpore", num_classes=num_classes, dtype=dtype, rngs=rngs,
-                 allow_nonfinite=allow_nonfinite)  # fmt: skip
+        said.append(
+            f"dropped the classifier's {spare} spare logit(s) after ImageNet's 1000 classes (num_classes="
+            f"{1000 + spare} keeps them)"
+        )
+    return _load(
+        name,
+        state,
+        what,
+        names_of,
+        lambda: "MindSpore",
+        num_classes=num_classes,
+        dtype=dtype,
+        rngs=rngs,
+        allow_nonfinite=allow_nonfinite,
+    )
 
 
 def to_mindspore(model: nnx.Module, *, allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
@@ -488,8 +517,10 @@ def to_mindspore(model: nnx.Module, *, allow_nonfinite: bool = False) -> dict[st
     values = {theirs: np.asarray(jax.device_get(state[ours][...])) for ours, theirs in names.items()}
     if not allow_nonfinite:
         check_finite(values, f"the {model.variant} weights")
-    out = {theirs: np.ascontiguousarray(_to_theirs(values[theirs], ours), np.float32)
-           for ours, theirs in sorted(names.items(), key=lambda item: _natural(item[1]))}  # fmt: skip
+    out = {
+        theirs: np.ascontiguousarray(_to_theirs(values[theirs], ours), np.float32)
+        for ours, theirs in sorted(names.items(), key=lambda item: _natural(item[1]))
+    }
     spare = _mindspore_classes(model.variant) - 1000
     if spare > 0 and model.num_classes == 1000:
         for ours, theirs in names.items():
@@ -628,8 +659,10 @@ def _verify_mindspore_write(model: nnx.Module, path: os.PathLike, images: np.nda
     diff = float(np.abs(ours - theirs).max())
     relative = diff / float(np.abs(ours).max())
     good = relative <= 1e-4 and bool((ours.argmax(1) == theirs.argmax(1)).all()) and math.isfinite(diff)
-    print(f"float32   {path} read back: max |logit difference| {diff:.3g} ({relative:.2g} of max |logit|) on "
-          f"{len(images)} images: {'ok' if good else 'FAILED'}")  # fmt: skip
+    print(
+        f"float32   {path} read back: max |logit difference| {diff:.3g} ({relative:.2g} of max |logit|) on "
+        f"{len(images)} images: {'ok' if good else 'FAILED'}"
+    )
     return good
 
 
@@ -651,19 +684,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="lightnets weights directory to read")
     parser.add_argument("--to_torch", help="PyTorch state dict (.pth) to write from --checkpoint")
     parser.add_argument("--to_mindspore", help="MindSpore .ckpt to write from --checkpoint")
-    parser.add_argument("--crc_check", action="store_true",
-                        help="--to_mindspore: end the file in the CRC-32 that crc_check=True verifies")  # fmt: skip
+    parser.add_argument(
+        "--crc_check",
+        action="store_true",
+        help="--to_mindspore: end the file in the CRC-32 that crc_check=True verifies",
+    )
     parser.add_argument("--num_classes", type=int, help="classifier size (default: the checkpoint's must be 1000)")
     parser.add_argument("--layout", choices=LAYOUTS, help="state-dict layout (default: detected / the reference's)")
-    parser.add_argument("--verify", action="store_true",
-                        help="PyTorch: compare with the reference PyTorch model on photos; MindSpore: compare the "
-                             "conversion read back with what was read; write only if it agrees")  # fmt: skip
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="PyTorch: compare with the reference PyTorch model on photos; MindSpore: compare the "
+        "conversion read back with what was read; write only if it agrees",
+    )
     parser.add_argument("--images", nargs="+", help="image files or globs for --verify (default: sample photos)")
     parser.add_argument("--resolution", type=int, help="--verify resolution (default: the variant's reference one)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --output, an existing --to_torch or --to_mindspore")  # fmt: skip
-    parser.add_argument("--allow_nonfinite", action="store_true",
-                        help="convert weights holding a nan or an inf (refused by default)")  # fmt: skip
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --output, an existing --to_torch or --to_mindspore",
+    )
+    parser.add_argument(
+        "--allow_nonfinite", action="store_true", help="convert weights holding a nan or an inf (refused by default)"
+    )
     args = parser.parse_args(argv)
 
     if args.torch_checkpoint and args.mindspore_checkpoint:
@@ -679,13 +722,19 @@ def main(argv: list[str] | None = None) -> int:
         output = checkpoint.check_destination(args.output, overwrite=args.overwrite)  # before the long work
         if mindspore:
             notes = []
-            model = from_mindspore(args.model, source, num_classes=args.num_classes,
-                                   allow_nonfinite=args.allow_nonfinite, notes=notes)  # fmt: skip
+            model = from_mindspore(
+                args.model, source, num_classes=args.num_classes, allow_nonfinite=args.allow_nonfinite, notes=notes
+            )
             for note in notes:
                 print(f"{PROG}: note: {note}", file=sys.stderr)
         else:
-            model = from_torch(args.model, source, num_classes=args.num_classes, layout=args.layout,
-                               allow_nonfinite=args.allow_nonfinite)  # fmt: skip
+            model = from_torch(
+                args.model,
+                source,
+                num_classes=args.num_classes,
+                layout=args.layout,
+                allow_nonfinite=args.allow_nonfinite,
+            )
         name = args.model
     elif args.checkpoint:
         target = args.to_torch or args.to_mindspore
@@ -710,8 +759,10 @@ def main(argv: list[str] | None = None) -> int:
         # The reference loads what we convert to, in its own layout, with strict=True.
         reference_state = to_torch(model, allow_nonfinite=True)  # verify judges non-finite weights: they fail
         if not verify(name, reference_state, _verification_images(args, name), num_classes=model.num_classes):
-            print(f"{PROG}: the conversion does not compute what the reference computes; nothing was written",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: the conversion does not compute what the reference computes; nothing was written",
+                file=sys.stderr,
+            )
             return 1
     if args.verify and args.mindspore_checkpoint and not _verify_mindspore_read(model, args.mindspore_checkpoint):
         print(f"{PROG}: the conversion does not hold the checkpoint's weights; nothing was written", file=sys.stderr)
@@ -727,8 +778,10 @@ def main(argv: list[str] | None = None) -> int:
         mindspore_ckpt.write(partial, entries, crc_check=args.crc_check)
         if args.verify and not _verify_mindspore_write(model, partial, _verification_images(args, name)):
             partial.unlink()
-            print(f"{PROG}: {output} read back does not compute what {args.checkpoint} computes; nothing was written",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: {output} read back does not compute what {args.checkpoint} computes; nothing was written",
+                file=sys.stderr,
+            )
             return 1
         partial.replace(output)
         classes = next(len(entries[theirs]) for ours, theirs in mindspore_names(model).items() if model.is_head(ours))

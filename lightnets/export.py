@@ -125,8 +125,10 @@ class Check:
         if self.error:
             return f"FAIL: the runtime cannot run it: {self.error}"
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict}: {self.count} photos, max |difference| {self.max_abs_diff:.3g} = {self.relative:.2g} x "
-                f"max |logit| ({self.max_abs_logit:.3g}), top-1 agreement {self.top1_agreement:.1%}")  # fmt: skip
+        return (
+            f"{verdict}: {self.count} photos, max |difference| {self.max_abs_diff:.3g} = {self.relative:.2g} x "
+            f"max |logit| ({self.max_abs_logit:.3g}), top-1 agreement {self.top1_agreement:.1%}"
+        )
 
 
 def verification_pixels(image_size: int) -> np.ndarray:
@@ -276,8 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         help="quantised exports: the least top-1 agreement with the model on the photos",
     )
     parser.add_argument("--image_size", type=int, default=None, help="input size (default: the checkpoint's)")
-    parser.add_argument("--weights", choices=inference.WEIGHTS, default="auto",
-                        help="a trainer run's raw or EMA weights; auto: EMA when the run kept one")  # fmt: skip
+    parser.add_argument(
+        "--weights",
+        choices=inference.WEIGHTS,
+        default="auto",
+        help="a trainer run's raw or EMA weights; auto: EMA when the run kept one",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT and OUTPUT.json")
     args = parser.parse_args(argv)
     if args.quantize != "none" and args.format != "tflite":
@@ -292,16 +298,26 @@ def main(argv: list[str] | None = None) -> int:
         run = loaded.config or {}
         dataset = args.calibration or run.get("dataset")
         if not dataset:
-            parser.error("--quantize=int8 needs --calibration (a few hundred training images: tfds:imagenet2012, "
-                         "folder:PATH, ...); a weights directory does not say what it was trained on")  # fmt: skip
+            parser.error(
+                "--quantize=int8 needs --calibration (a few hundred training images: tfds:imagenet2012, "
+                "folder:PATH, ...); a weights directory does not say what it was trained on"
+            )
         prep = loaded.preprocessing
         if args.image_size:
             prep = dataclasses.replace(prep, image_size=args.image_size)
         data_dir = args.data_dir or (run.get("data_dir") if not args.calibration else None)
         calibration = calibration_images(dataset, prep, args.calibration_images, data_dir=data_dir)
     start = time.perf_counter()
-    result = export(loaded, args.format, args.output, quantize=args.quantize, calibration=calibration,
-                    min_agreement=args.min_agreement, image_size=args.image_size, overwrite=args.overwrite)  # fmt: skip
+    result = export(
+        loaded,
+        args.format,
+        args.output,
+        quantize=args.quantize,
+        calibration=calibration,
+        min_agreement=args.min_agreement,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
+    )
     output = pathlib.Path(args.output)
     quantized = f" ({args.quantize})" if args.quantize != "none" else ""
     print(f"{loaded.description} -> {args.format}{quantized}, {time.perf_counter() - start:.1f} s")
@@ -309,10 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.passed:
         print(f"  wrote {output} ({output.stat().st_size / 1e6:.1f} MB) and {output}.json")
         return 0
-    bound = f"max |difference| <= {FLOAT32_TOLERANCE:g} x max |logit|" if not quantized else (
-        f"top-1 agreement >= {args.min_agreement:.0%}")  # fmt: skip
-    print(f"  the export does not compute what the model computes ({bound}); left as {output}.failed",
-          file=sys.stderr)  # fmt: skip
+    bound = (
+        f"max |difference| <= {FLOAT32_TOLERANCE:g} x max |logit|"
+        if not quantized
+        else (f"top-1 agreement >= {args.min_agreement:.0%}")
+    )
+    print(f"  the export does not compute what the model computes ({bound}); left as {output}.failed", file=sys.stderr)
     return 1
 
 

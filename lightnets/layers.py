@@ -355,8 +355,15 @@ class ConvBnAct(nnx.Module):
 class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation: channel gates from the globally pooled input (timm naming)."""
 
-    def __init__(self, channels: int, reduced: int, *, layers: Layers, act: Callable | None = None,
-                 gate: Callable[[Array], Array] = jax.nn.sigmoid):  # fmt: skip
+    def __init__(
+        self,
+        channels: int,
+        reduced: int,
+        *,
+        layers: Layers,
+        act: Callable | None = None,
+        gate: Callable[[Array], Array] = jax.nn.sigmoid,
+    ):
         self.conv_reduce = layers.conv(channels, reduced, 1, bias=True)
         self.conv_expand = layers.conv(reduced, channels, 1, bias=True)
         self.act = act or layers.act  # EfficientNet: the network's; MobileNetV3: ReLU

@@ -44,8 +44,9 @@ class LossScaleState:
 
 
 def initial_state(scale: float = 1.0) -> LossScaleState:
-    return LossScaleState(scale=jnp.asarray(scale, jnp.float32), good_steps=jnp.zeros((), jnp.int32),
-                          skipped=jnp.zeros((), jnp.int32))  # fmt: skip
+    return LossScaleState(
+        scale=jnp.asarray(scale, jnp.float32), good_steps=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -238,8 +238,11 @@ class _Lowering:
             raise UnsupportedOperation(f"convolution layout {dn} (NHWC/HWIO expected)")
         if set(p["lhs_dilation"]) | set(p["rhs_dilation"]) != {1} or p["batch_group_count"] != 1:
             raise UnsupportedOperation("dilated or batch-grouped convolution")
-        conv = {"strides": tuple(p["window_strides"]), "pads": tuple(map(tuple, p["padding"])),
-                "groups": p["feature_group_count"]}  # fmt: skip
+        conv = {
+            "strides": tuple(p["window_strides"]),
+            "pads": tuple(map(tuple, p["padding"])),
+            "groups": p["feature_group_count"],
+        }
         out = tuple(eqn.outvars[0].aval.shape)
         return _Affine(self._full(x, eqn), kernel, np.zeros(kernel.shape[-1], np.float32), conv, out)
 
@@ -369,9 +372,14 @@ class _OnnxBackend:
     def conv(self, x: _Tensor, kernel, bias, strides, pads, groups) -> _OnnxValue:
         (top, bottom), (left, right) = pads
         w = self.constant(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), "weight")  # HWIO -> OIHW
-        out = self._node("Conv", [self._layout(x, True), w, self.constant(bias, "bias")],
-                         kernel_shape=list(kernel.shape[:2]), strides=list(strides),
-                         pads=[top, left, bottom, right], group=groups)  # fmt: skip
+        out = self._node(
+            "Conv",
+            [self._layout(x, True), w, self.constant(bias, "bias")],
+            kernel_shape=list(kernel.shape[:2]),
+            strides=list(strides),
+            pads=[top, left, bottom, right],
+            group=groups,
+        )
         return _OnnxValue(out[0], True)
 
     def dense(self, x: _Tensor, kernel, bias) -> _OnnxValue:
@@ -424,14 +432,20 @@ class _OnnxBackend:
     def split(self, x: _Tensor, sizes, axis) -> list[_OnnxValue]:
         nchw = len(x.shape) == 4 and x.handle.nchw
         sizes_const = self.constant(np.asarray(sizes, np.int64), "sizes")
-        outs = self._node("Split", [x.handle.name, sizes_const], n_out=len(sizes),
-                          axis=_NHWC_TO_NCHW.index(axis) if nchw else axis)  # fmt: skip
+        outs = self._node(
+            "Split", [x.handle.name, sizes_const], n_out=len(sizes), axis=_NHWC_TO_NCHW.index(axis) if nchw else axis
+        )
         return [_OnnxValue(o, nchw) for o in outs]
 
     def max_pool(self, x: _Tensor, window, strides, pads) -> _OnnxValue:
         (top, bottom), (left, right) = pads
-        out = self._node("MaxPool", [self._layout(x, True)], kernel_shape=list(window), strides=list(strides),
-                         pads=[top, left, bottom, right])  # fmt: skip
+        out = self._node(
+            "MaxPool",
+            [self._layout(x, True)],
+            kernel_shape=list(window),
+            strides=list(strides),
+            pads=[top, left, bottom, right],
+        )
         return _OnnxValue(out[0], True)
 
     def output(self, t: _Tensor) -> str:

@@ -139,8 +139,9 @@ def _values(data: memoryview, path: str):
         except (IndexError, ValueError):
             raise ValueError(f"{path} is truncated or damaged {where} (byte {at})") from None
         if start + length > len(data):
-            raise ValueError(f"{path} is truncated {where}: a value of {length} bytes at byte {at}, "
-                             f"{len(data) - start} left")  # fmt: skip
+            raise ValueError(
+                f"{path} is truncated {where}: a value of {length} bytes at byte {at}, {len(data) - start} left"
+            )
         try:
             value = Value.FromString(bytes(data[start : start + length]))
         except DecodeError as e:
@@ -165,8 +166,9 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray | str]:
     if data[-_CRC_BYTES - len(_CRC_MARK) : -_CRC_BYTES] == _CRC_MARK:
         body, stored = data[: -_CRC_BYTES - len(_CRC_MARK)], int.from_bytes(data[-_CRC_BYTES:], "big")
         if binascii.crc32(body) != stored:
-            raise ValueError(f"{path} fails its CRC-32 check (stored {stored}, computed {binascii.crc32(body)}): "
-                             "the file is damaged")  # fmt: skip
+            raise ValueError(
+                f"{path} fails its CRC-32 check (stored {stored}, computed {binascii.crc32(body)}): the file is damaged"
+            )
         data = body
     pieces: dict[str, list] = {}  # tag -> [tensor_type, dims, [content, ...]]
     last = None
@@ -198,8 +200,10 @@ def _decode(path: str, tag: str, kind: str, dims: list[int], content: bytes) -> 
     if dims == [0] and len(content) == dtype.itemsize:  # MindSpore writes a scalar's dims as [0]
         dims = []
     if any(d < 0 for d in dims) or math.prod(dims) * dtype.itemsize != len(content):
-        raise ValueError(f"{path}: tag {tag!r} has dims {dims} of {kind} ({math.prod(dims) * dtype.itemsize} bytes) "
-                         f"but {len(content)} bytes of content: the file is damaged")  # fmt: skip
+        raise ValueError(
+            f"{path}: tag {tag!r} has dims {dims} of {kind} ({math.prod(dims) * dtype.itemsize} bytes) "
+            f"but {len(content)} bytes of content: the file is damaged"
+        )
     return np.frombuffer(content, dtype.newbyteorder("<")).astype(dtype).reshape(dims)
 
 

@@ -56,9 +56,17 @@ def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
 
 
 def create_schedule(
-    name: str, base_lr: float, total_steps: float, *, steps_per_epoch: int, warmup_steps: int, warmup_lr: float,
-    min_lr: float, decay_epochs: float, decay_rate: float,
-) -> optax.Schedule:  # fmt: skip
+    name: str,
+    base_lr: float,
+    total_steps: float,
+    *,
+    steps_per_epoch: int,
+    warmup_steps: int,
+    warmup_lr: float,
+    min_lr: float,
+    decay_epochs: float,
+    decay_rate: float,
+) -> optax.Schedule:
     """Learning rate as a function of the optimiser step (warm-up included)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
@@ -104,10 +112,19 @@ def rmsprop_tf(
 
 
 def create_optimizer(
-    name: str, learning_rate: optax.ScalarOrSchedule, *, weight_decay: float, decay_mask: Any = None,
-    momentum: float = 0.0, nesterov: bool = False, eps: float | None = None, b1: float = 0.9, b2: float = 0.999,
-    rmsprop_decay: float = 0.9, grad_clip_norm: float = 0.0,
-) -> optax.GradientTransformation:  # fmt: skip
+    name: str,
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    decay_mask: Any = None,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    eps: float | None = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    rmsprop_decay: float = 0.9,
+    grad_clip_norm: float = 0.0,
+) -> optax.GradientTransformation:
     """Clipping, weight decay and the update rule `name` at `learning_rate`.
 
     `decay_mask` (a tree of booleans like the parameters, `decay_mask(params)`) spares the False

@@ -75,8 +75,10 @@ def predict(
         probs = probs[: len(chunk)]
         broken = [str(path) for path, p in zip(chunk, probs, strict=True) if not np.isfinite(p).all()]
         if broken:
-            raise ValueError(f"{loaded.description} computes non-finite probabilities (nan or inf) for "
-                             f"{', '.join(broken[:3])}: damaged weights, or values that overflow")  # fmt: skip
+            raise ValueError(
+                f"{loaded.description} computes non-finite probabilities (nan or inf) for "
+                f"{', '.join(broken[:3])}: damaged weights, or values that overflow"
+            )
         for path, p in zip(chunk, probs, strict=True):
             best = np.argsort(-p, kind="stable")[:top_k]
             names = [loaded.class_names[i] for i in best]
@@ -90,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a trainer workdir or a weights directory")
     parser.add_argument("--top_k", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--weights", choices=inference.WEIGHTS, default="auto",
-                        help="a trainer run's raw or EMA weights; auto: EMA when the run kept one")  # fmt: skip
+    parser.add_argument(
+        "--weights",
+        choices=inference.WEIGHTS,
+        default="auto",
+        help="a trainer run's raw or EMA weights; auto: EMA when the run kept one",
+    )
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top_k and --batch_size must be positive")

@@ -142,10 +142,12 @@ def of_run(config: Mapping[str, Any]) -> Preprocessing:
     """
     mean, std = config.get("mean"), config.get("std")
     return Preprocessing(
-        config["image_size"], config["crop_pct"], config["eval_interpolation"],
+        config["image_size"],
+        config["crop_pct"],
+        config["eval_interpolation"],
         _triple("mean", mean) if mean is not None else IMAGENET_MEAN,
         _triple("std", std) if std is not None else IMAGENET_STD,
-    )  # fmt: skip
+    )
 
 
 def normalization(config) -> Normalize:

@@ -13,8 +13,12 @@ import pytest
 
 # The smallest variant of each family: every behaviour test runs on these.
 SMALLEST = (
-    "mobilenet_v1_025", "mobilenet_v2_035", "shufflenet_v2_x0_5", "efficientnet_v2_b0_tf", "mobilenet_v3_small_100",
-)  # fmt: skip
+    "mobilenet_v1_025",
+    "mobilenet_v2_035",
+    "shufflenet_v2_x0_5",
+    "efficientnet_v2_b0_tf",
+    "mobilenet_v3_small_100",
+)
 
 
 @pytest.fixture(params=SMALLEST)

@@ -45,8 +45,21 @@ class MobileNetV1(nn.Cell):
         cnn = [conv_bn_relu(3, 32, 3, 2, False)]
         # (out channels, stride) of the 13 depthwise-separable units: Conv1 ... Conv13.
         channels = 32
-        for out, stride in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-                            (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)):  # fmt: skip
+        for out, stride in (
+            (64, 1),
+            (128, 2),
+            (128, 1),
+            (256, 2),
+            (256, 1),
+            (512, 2),
+            (512, 1),
+            (512, 1),
+            (512, 1),
+            (512, 1),
+            (512, 1),
+            (1024, 2),
+            (1024, 1),
+        ):
             cnn.append(conv_bn_relu(channels, channels, 3, stride, True))
             cnn.append(conv_bn_relu(channels, out, 1, 1, False))
             channels = out

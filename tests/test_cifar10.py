@@ -174,8 +174,10 @@ def test_tfds_cifar10_reads_the_same_images_labels_and_names(tmp_path, monkeypat
     # TFDS stores each split in its own shuffled order: the same (image, label) pairs, in another order.
     expected = {ours[i]["image"].tobytes(): int(ours[i]["label"]) for i in range(PER_FILE)}
     assert len(expected) == PER_FILE
-    found = {np.asarray(Image.open(io.BytesIO(theirs[i]["image"]))).tobytes(): int(theirs[i]["label"])
-             for i in range(PER_FILE)}  # fmt: skip
+    found = {
+        np.asarray(Image.open(io.BytesIO(theirs[i]["image"]))).tobytes(): int(theirs[i]["label"])
+        for i in range(PER_FILE)
+    }
     assert found == expected
     assert sorted(expected.values()) == sorted(labels[5 * PER_FILE :].tolist())
     train = datasets.create_source("tfds:cifar10", "train", image_size=32, data_dir=data_dir)
@@ -191,8 +193,9 @@ def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """`image` moved by (dy, dx) pixels, black where nothing moved in: RandomCrop(32, padding 4)'s outputs."""
     h, w = image.shape[:2]
     out = np.zeros_like(image)
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0),
-                                                                          max(-dx, 0) : w - max(dx, 0)]  # fmt: skip
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 
@@ -261,13 +264,30 @@ def test_an_unknown_train_transform_or_a_negative_padding_is_a_clear_error():
 def test_main_trains_and_evaluates_the_cifar10_recipe_on_the_binary_batches(tmp_path):
     write_cifar10(tmp_path / "cifar10", verify_dir=True)
     workdir = tmp_path / "run"
-    overrides = {"model": "mobilenet_v1_025", "image_size": 32, "batch_size": 8, "num_train_steps": 4,
-                 "log_every_steps": 2, "eval_every_epochs": 0, "data_workers": 0, "dtype": "float32"}  # fmt: skip
+    overrides = {
+        "model": "mobilenet_v1_025",
+        "image_size": 32,
+        "batch_size": 8,
+        "num_train_steps": 4,
+        "log_every_steps": 2,
+        "eval_every_epochs": 0,
+        "data_workers": 0,
+        "dtype": "float32",
+    }
     run = subprocess.run(
-        [sys.executable, "main.py", "--config=configs/mobilenetv1.py:cifar10", f"--workdir={workdir}",
-         f"--config.dataset=cifar10:{tmp_path / 'cifar10'}", *(f"--config.{k}={v}" for k, v in overrides.items())],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "main.py",
+            "--config=configs/mobilenetv1.py:cifar10",
+            f"--workdir={workdir}",
+            f"--config.dataset=cifar10:{tmp_path / 'cifar10'}",
+            *(f"--config.{k}={v}" for k, v in overrides.items()),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = run.stdout + run.stderr
     assert re.search(r"Done: top-1 \d+\.\d+% at the end \(step 4\)", log), log[-3000:]

@@ -12,8 +12,13 @@ from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, mobilenet
 from lightnets import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FAMILIES = {"mobilenetv1": mobilenetv1, "mobilenetv2": mobilenetv2, "shufflenetv2": shufflenetv2,
-            "efficientnetv2": efficientnetv2, "mobilenetv3": mobilenetv3}  # fmt: skip
+FAMILIES = {
+    "mobilenetv1": mobilenetv1,
+    "mobilenetv2": mobilenetv2,
+    "shufflenetv2": shufflenetv2,
+    "efficientnetv2": efficientnetv2,
+    "mobilenetv3": mobilenetv3,
+}
 # (config file, argument) for every recipe: each family's default and every named recipe.
 RECIPES = [(name, "") for name in FAMILIES] + [
     (name, recipe) for name, module in FAMILIES.items() for recipe in getattr(module, "RECIPES", {})

@@ -249,8 +249,9 @@ def test_a_damaged_or_ill_fitting_checkpoint_is_one_line_and_nothing_is_written(
     else:
         torch.save(convert.reference_model("mobilenet_v1_025").state_dict(), path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if damage == "truncated" else b"")
-    code, out, err = _convert(["--model", "mobilenet_v1_025", "--torch_checkpoint", path, "--output", tmp_path / "w"],
-                              capsys)  # fmt: skip
+    code, out, err = _convert(
+        ["--model", "mobilenet_v1_025", "--torch_checkpoint", path, "--output", tmp_path / "w"], capsys
+    )
     assert code == 2 and out == "" and not (tmp_path / "w").exists()
     first, *rest = err.splitlines()
     assert first.startswith(f"{convert.PROG}: error: {path} ")
@@ -298,8 +299,18 @@ def test_nonfinite_weights_are_refused_both_ways_unless_allowed(tmp_path, capsys
 
 def test_verify_fails_on_nan_before_anything_is_written(tmp_path, capsys):
     torch.save(_nonfinite_state_dict(), tmp_path / "nan.pth")
-    argv = ["--model", "mobilenet_v1_025", "--torch_checkpoint", tmp_path / "nan.pth", "--output", tmp_path / "w",
-            "--allow_nonfinite", "--verify", "--resolution", "32"]  # fmt: skip
+    argv = [
+        "--model",
+        "mobilenet_v1_025",
+        "--torch_checkpoint",
+        tmp_path / "nan.pth",
+        "--output",
+        tmp_path / "w",
+        "--allow_nonfinite",
+        "--verify",
+        "--resolution",
+        "32",
+    ]
     code, out, err = _convert(argv, capsys)
     assert code == 1 and not (tmp_path / "w").exists() and "nothing was written" in err
     lines = out.splitlines()
@@ -312,9 +323,11 @@ def test_convert_help_and_argument_mistakes(tmp_path, capsys):
     torch.save(convert.reference_model("mobilenet_v1_025").state_dict(), tmp_path / "m.pth")
     (tmp_path / "file").write_text("mine")
     for output, message in [(tmp_path / "file" / "w", "is a file, not a directory"), (tmp_path, "--overwrite")]:
-        code, _, err = _convert(["--model", "mobilenet_v1_025", "--torch_checkpoint", tmp_path / "m.pth",
-                                 "--output", output], capsys)  # fmt: skip
+        code, _, err = _convert(
+            ["--model", "mobilenet_v1_025", "--torch_checkpoint", tmp_path / "m.pth", "--output", output], capsys
+        )
         assert code == 2 and len(err.splitlines()) == 1 and message in err, err
-    code, _, err = _convert(["--model", "mobilenet_v1_26", "--torch_checkpoint", tmp_path / "m.pth", "--output",
-                             tmp_path / "w"], capsys)  # fmt: skip
+    code, _, err = _convert(
+        ["--model", "mobilenet_v1_26", "--torch_checkpoint", tmp_path / "m.pth", "--output", tmp_path / "w"], capsys
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "Unknown model" in err and "mobilenet_v1_025" in err

@@ -178,8 +178,9 @@ def _nonfinite_model() -> nnx.Module:
 def test_predict_refuses_nonfinite_weights_instead_of_printing_nan(tmp_path, capsys):
     checkpoint.save_weights(_nonfinite_model(), tmp_path / "weights", allow_nonfinite=True)  # as a diverged run
     photo = photo_files(tmp_path / "photos", count=1)[0]
-    code, out, err = run_command(predict.main, predict.PROG, ["--checkpoint", str(tmp_path / "weights"), str(photo)],
-                                 capsys)  # fmt: skip
+    code, out, err = run_command(
+        predict.main, predict.PROG, ["--checkpoint", str(tmp_path / "weights"), str(photo)], capsys
+    )
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "2 arrays" in err and "bn1.var, classifier.kernel" in err
 
@@ -239,8 +240,9 @@ def test_int8_tflite_of_every_block_type_runs_in_litert(variant, tmp_path):
     networks' int8 decisions mean nothing, so only the running is checked here."""
     loaded = _loaded(variant)
     calibration = export.calibration_images("digits", loaded.preprocessing, 32)
-    result = export.export(loaded, "tflite", tmp_path / "int8.tflite", quantize="int8", calibration=calibration,
-                           min_agreement=0.0)  # fmt: skip
+    result = export.export(
+        loaded, "tflite", tmp_path / "int8.tflite", quantize="int8", calibration=calibration, min_agreement=0.0
+    )
     assert result.error is None and result.passed, result.line()
     assert export.run_tflite(tmp_path / "int8.tflite", export.verification_pixels(SIZE)[:3]).shape == (3, 1000)
 
@@ -344,8 +346,13 @@ def trained_on_digits():
     config.update(model="mobilenet_v1_025", dtype="float32", num_epochs=6.0)
     s = trainer.setup(config)
     steps = trainer.build_steps(config, s.model, train.make_mesh(jax.devices()[:1]), s.steps_per_epoch)
-    data = datasets.train_iterator(s.train_source, global_batch_size=config.batch_size, seed=config.seed,
-                                   transform=s.train_transform, threads=config.data_threads)  # fmt: skip
+    data = datasets.train_iterator(
+        s.train_source,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        transform=s.train_transform,
+        threads=config.data_threads,
+    )
     state = steps.state
     for _ in range(s.num_train_steps):
         batch = next(data)

@@ -144,13 +144,15 @@ def test_an_epoch_sees_every_example_once_and_processes_split_it(kind, folder, t
     # Global batches of 8 (two processes of 4); the folder's two unreadable files are left out.
     shares = []
     for p in range(2):
-        it = datasets.train_iterator(source, global_batch_size=8, seed=3, transform=TRANSFORM,
-                                     process_index=p, process_count=2)  # fmt: skip
+        it = datasets.train_iterator(
+            source, global_batch_size=8, seed=3, transform=TRANSFORM, process_index=p, process_count=2
+        )
         batches = _batches(it, 3)
         assert all(b["image"].shape == (4, SIZE, SIZE, 3) and b["image"].dtype == np.uint8 for b in batches)
         shares.append([i for b in batches for i in identify(b["image"])])
-    one = datasets.train_iterator(source, global_batch_size=8, seed=3, transform=TRANSFORM, process_index=0,
-                                  process_count=1)  # fmt: skip
+    one = datasets.train_iterator(
+        source, global_batch_size=8, seed=3, transform=TRANSFORM, process_index=0, process_count=1
+    )
     epoch = [i for b in _batches(one, 3) for i in identify(b["image"])]
     assert sorted(epoch) == list(range(GOOD))
     if kind == "tfds":  # no unreadable files: the two shares are exactly the epoch, disjoint
@@ -166,8 +168,9 @@ def test_the_same_seed_gives_the_same_batches_and_a_restored_iterator_continues(
     source = _source(kind, folder, tfds_dir)
 
     def new(seed):
-        return datasets.train_iterator(source, global_batch_size=8, seed=seed, transform=TRANSFORM,
-                                       process_index=0, process_count=1)  # fmt: skip
+        return datasets.train_iterator(
+            source, global_batch_size=8, seed=seed, transform=TRANSFORM, process_index=0, process_count=1
+        )
 
     a, b = new(0), new(0)
     first = _batches(a, 4)
@@ -189,8 +192,9 @@ def test_worker_processes_decode_and_their_state_restores(folder):
     source = datasets.create_source(f"folder:{folder}", "train", image_size=SIZE)
 
     def new():
-        return datasets.train_iterator(source, global_batch_size=8, seed=0, transform=TRANSFORM, workers=2,
-                                       process_index=0, process_count=1)  # fmt: skip
+        return datasets.train_iterator(
+            source, global_batch_size=8, seed=0, transform=TRANSFORM, workers=2, process_index=0, process_count=1
+        )
 
     it = new()
     try:
@@ -211,8 +215,9 @@ def test_worker_processes_decode_and_their_state_restores(folder):
 
 def test_unreadable_files_are_skipped_and_counted(folder, caplog):
     source = datasets.create_source(f"folder:{folder}", "train", image_size=SIZE)
-    it = datasets.train_iterator(source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0,
-                                 process_count=1)  # fmt: skip
+    it = datasets.train_iterator(
+        source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0, process_count=1
+    )
     batches = _batches(it, 9)  # three epochs of readable images: every unreadable file was met
     assert sorted(i for b in batches[:3] for i in identify(b["image"])) == list(range(GOOD))
     skipped = sum(int(b["skipped"]) for b in batches)
@@ -228,11 +233,13 @@ def test_unreadable_files_are_skipped_and_counted(folder, caplog):
 
 @pytest.mark.parametrize(
     "dataset, message",
-    [("folder:/no/such/imagenet", "folder:/no/such/imagenet: no such directory"),
-     ("prepared:/no/such/copy", r"/no/such/copy/info.json"),
-     ("tfds:lightnets_missing_set", "lightnets_missing_set"),
-     ("imagenet", "unknown dataset 'imagenet'")],
-)  # fmt: skip
+    [
+        ("folder:/no/such/imagenet", "folder:/no/such/imagenet: no such directory"),
+        ("prepared:/no/such/copy", r"/no/such/copy/info.json"),
+        ("tfds:lightnets_missing_set", "lightnets_missing_set"),
+        ("imagenet", "unknown dataset 'imagenet'"),
+    ],
+)
 def test_a_wrong_path_or_name_fails_at_once_naming_it(dataset, message):
     start = time.perf_counter()
     with pytest.raises((FileNotFoundError, ValueError), match=message):
@@ -274,8 +281,9 @@ def test_a_folder_of_unreadable_images_is_an_error_naming_it(tmp_path, caplog):
         (tmp_path / "train" / "a").mkdir(parents=True, exist_ok=True)
         (tmp_path / "train" / "a" / f"{i}.jpg").write_bytes(b"<html>not found</html>")
     source = datasets.create_source(f"folder:{tmp_path}", "train", image_size=SIZE)
-    it = datasets.train_iterator(source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0,
-                                 process_count=1)  # fmt: skip
+    it = datasets.train_iterator(
+        source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0, process_count=1
+    )
     # Two epochs hold a whole one: every image was tried (not 1,000 warnings first).
     with pytest.raises(ValueError, match=f"cannot read the images of {tmp_path / 'train'}: 16 in a row"):
         next(it)
@@ -381,16 +389,18 @@ def test_randaugment_config_string():
 
 
 def test_prepare_writes_a_smaller_copy_the_loader_reads(folder, tmp_path):
-    info = prepare.prepare(f"folder:{folder}", str(tmp_path / "copy"), max_shorter_side=20, quality=90, workers=1,
-                           examples_per_shard=10)  # fmt: skip
+    info = prepare.prepare(
+        f"folder:{folder}", str(tmp_path / "copy"), max_shorter_side=20, quality=90, workers=1, examples_per_shard=10
+    )
     assert info["splits"]["train"] == {"files": info["splits"]["train"]["files"], "num_examples": GOOD, "skipped": 2}
     assert len(info["splits"]["train"]["files"]) == 3
     source = datasets.create_source(f"prepared:{tmp_path / 'copy'}", "train", image_size=SIZE)
     assert len(source) == GOOD and source.class_names == list(CLASSES)
     images = [Image.open(io.BytesIO(source[i]["image"])) for i in range(len(source))]
     assert all(min(im.size) == 20 and im.format == "JPEG" for im in images)  # 40x30 -> 27x20
-    it = datasets.train_iterator(source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0,
-                                 process_count=1)  # fmt: skip
+    it = datasets.train_iterator(
+        source, global_batch_size=8, seed=0, transform=TRANSFORM, process_index=0, process_count=1
+    )
     epoch = [i for b in _batches(it, 3) for i in identify(b["image"])]
     assert sorted(epoch) == list(range(GOOD))
     with pytest.raises(FileExistsError, match=r"info\.json"):

@@ -113,8 +113,9 @@ def _raw(path, values):
     data = b""
     for tag, dims, kind, content in values:
         message = mindspore_ckpt.Checkpoint()
-        message.value.add(tag=tag).tensor.MergeFrom(mindspore_ckpt.TensorProto(dims=dims, tensor_type=kind,
-                                                                               tensor_content=content))  # fmt: skip
+        message.value.add(tag=tag).tensor.MergeFrom(
+            mindspore_ckpt.TensorProto(dims=dims, tensor_type=kind, tensor_content=content)
+        )
         data += message.SerializeToString()
     path.write_bytes(data)
     return path
@@ -128,8 +129,13 @@ def test_a_scalar_with_dims_0_is_a_scalar(tmp_path):
 
 
 def _good(tmp_path):
-    return _raw(tmp_path / "good.ckpt", [("a.weight", [2, 2], "Float32", np.ones(4, np.float32).tobytes()),
-                                         ("b.bias", [3], "Float32", np.ones(3, np.float32).tobytes())])  # fmt: skip
+    return _raw(
+        tmp_path / "good.ckpt",
+        [
+            ("a.weight", [2, 2], "Float32", np.ones(4, np.float32).tobytes()),
+            ("b.bias", [3], "Float32", np.ones(3, np.float32).tobytes()),
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,8 +160,14 @@ def test_a_damaged_file_is_one_clear_line(tmp_path, damage, message):
     elif damage == "wrong_dims":
         _raw(bad, [("a.weight", [2, 2], "Float32", four), ("b.bias", [4], "Float32", three)])
     elif damage == "pieces_apart":
-        _raw(bad, [("a.weight", [2, 2], "Float32", four), ("b.bias", [3], "Float32", three),
-                   ("a.weight", [2, 2], "Float32", four)])  # fmt: skip
+        _raw(
+            bad,
+            [
+                ("a.weight", [2, 2], "Float32", four),
+                ("b.bias", [3], "Float32", three),
+                ("a.weight", [2, 2], "Float32", four),
+            ],
+        )
     elif damage == "crc":
         mindspore_ckpt.write(bad, {"a.weight": np.ones((2, 2), np.float32)}, crc_check=True)
         data = bytearray(bad.read_bytes())
@@ -254,8 +266,16 @@ def test_both_directions_from_the_command_line(tmp_path, capsys):
     model = convert.from_mindspore(NAME, random_entries(1))
     checkpoint.save_weights(model, tmp_path / "ours")
     ckpt = tmp_path / "ours.ckpt"
-    argv = ["--checkpoint", str(tmp_path / "ours"), "--to_mindspore", str(ckpt), "--crc_check", "--verify",
-            "--resolution", "64"]  # fmt: skip
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "ours"),
+        "--to_mindspore",
+        str(ckpt),
+        "--crc_check",
+        "--verify",
+        "--resolution",
+        "64",
+    ]
     status, out, err = run_command(convert.main, convert.PROG, argv, capsys)
     assert status == 0 and "read back" in out and "ok" in out and "1001 classes" in out, (out, err)
     assert ckpt.read_bytes()[-17:-10] == b"crc_num"
@@ -265,8 +285,9 @@ def test_both_directions_from_the_command_line(tmp_path, capsys):
     assert status == 0 and "137 of 137 tensors" in out and "ok" in out, (out, err)
     assert "note: dropped the classifier's 1 spare logit" in err
     back = checkpoint.load_weights(tmp_path / "back")
-    for a, b in zip(nnx.to_flat_state(nnx.state(model, nnx.Param)), nnx.to_flat_state(nnx.state(back, nnx.Param)),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        nnx.to_flat_state(nnx.state(model, nnx.Param)), nnx.to_flat_state(nnx.state(back, nnx.Param)), strict=True
+    ):
         np.testing.assert_array_equal(a[1][...], b[1][...])
 
 
@@ -298,8 +319,14 @@ def mindspore_run(tmp_path_factory):
     mindspore_ckpt.write(out / "ours.ckpt", convert.to_mindspore(ours))
     # MindSpore splits only tensors over 512 MiB; pieces of 1 MiB split fc.weight and the 1x1 convolutions.
     mindspore_ckpt.write(out / "ours_split.ckpt", convert.to_mindspore(ours), crc_check=True, slice_bytes=2**20)
-    done = subprocess.run([python, HELPER, str(out)], capture_output=True, text=True, timeout=600, cwd=out,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+    done = subprocess.run(
+        [python, HELPER, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=out,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     if done.returncode:
         sys.stderr.write(done.stderr)
         pytest.fail(f"{HELPER} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")

@@ -17,8 +17,18 @@ timm_scheduler = pytest.importorskip("timm.scheduler")
 def _config(**overrides):
     """configs/default.py's fields, as the trainer builds optimisers from them, for a small problem."""
     config = default.get_config()
-    config.update(optimizer="sgd", lr=0.1, lr_base_batch_size=0, batch_size=256, weight_decay=0.01,
-                  schedule="cosine", warmup_epochs=2.0, warmup_lr=0.01, num_epochs=8.0, num_train_steps=0)  # fmt: skip
+    config.update(
+        optimizer="sgd",
+        lr=0.1,
+        lr_base_batch_size=0,
+        batch_size=256,
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup_epochs=2.0,
+        warmup_lr=0.01,
+        num_epochs=8.0,
+        num_train_steps=0,
+    )
     config.update(overrides)
     return config
 
@@ -120,18 +130,22 @@ def _mindspore_seed_lr(mode, lr_init, lr_end, lr_max, warmup_epochs, total_epoch
 
 @pytest.mark.parametrize(
     "schedule, lr_init, lr_max, warmup_epochs",
-    [("poly", 0.01, 0.1, 5),  # default_config.yaml (CIFAR-10): lr_decay_mode poly, lr_init 0.01, lr_max 0.1
-     ("linear", 0.0, 0.8, 0)],  # default_config_imagenet.yaml: linear, lr_init 0, lr_max 0.8, lr_end 0
-)  # fmt: skip
+    [
+        ("poly", 0.01, 0.1, 5),  # default_config.yaml (CIFAR-10): lr_decay_mode poly, lr_init 0.01, lr_max 0.1
+        ("linear", 0.0, 0.8, 0),
+    ],  # default_config_imagenet.yaml: linear, lr_init 0, lr_max 0.8, lr_end 0
+)
 def test_poly_and_linear_are_the_mindspore_seeds(schedule, lr_init, lr_max, warmup_epochs):
     epochs, steps_per_epoch = 90, 7
-    config = _config(schedule=schedule, lr=lr_max, warmup_lr=lr_init, warmup_epochs=warmup_epochs, min_lr=0.0,
-                     num_epochs=epochs)  # fmt: skip
+    config = _config(
+        schedule=schedule, lr=lr_max, warmup_lr=lr_init, warmup_epochs=warmup_epochs, min_lr=0.0, num_epochs=epochs
+    )
     ours = trainer.schedule(config, steps_per_epoch)
     ours = np.asarray([ours(step) for step in range(epochs * steps_per_epoch)])
     # lr_end (1e-5 in the CIFAR config) is an argument the seed's poly never reads.
-    seed = _mindspore_seed_lr(schedule, lr_init, 1e-5 if schedule == "poly" else 0.0, lr_max, warmup_epochs, epochs,
-                              steps_per_epoch)  # fmt: skip
+    seed = _mindspore_seed_lr(
+        schedule, lr_init, 1e-5 if schedule == "poly" else 0.0, lr_max, warmup_epochs, epochs, steps_per_epoch
+    )
     # Both sides round a few float32 operations on values <= lr_max: |diff| <= 10 ulp(lr_max).
     np.testing.assert_allclose(ours, seed, rtol=0, atol=10 * np.finfo(np.float32).eps * lr_max)
 

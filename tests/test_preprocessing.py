@@ -57,8 +57,9 @@ def test_weights_record_their_normalisation_and_older_ones_read_as_their_referen
     model = lightnets.create_model("mobilenet_v1_025", num_classes=10)
     checkpoint.save_weights(model, tmp_path / "converted")  # converted: the reference's
     assert preprocessing.of_weights(checkpoint.read_metadata(tmp_path / "converted")).mean == HALF
-    checkpoint.save_weights(model, tmp_path / "trained", mean=preprocessing.IMAGENET_MEAN,
-                            std=preprocessing.IMAGENET_STD)  # fmt: skip
+    checkpoint.save_weights(
+        model, tmp_path / "trained", mean=preprocessing.IMAGENET_MEAN, std=preprocessing.IMAGENET_STD
+    )
     prep = preprocessing.of_weights(checkpoint.read_metadata(tmp_path / "trained"))
     assert (prep.mean, prep.std, prep.image_size) == (preprocessing.IMAGENET_MEAN, preprocessing.IMAGENET_STD, 224)
     metadata = checkpoint.read_metadata(tmp_path / "converted")

@@ -43,17 +43,25 @@ def test_stage_values_follow_the_papers_algorithm():
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"num_train_steps": 8}, r"stages of 2 steps, shorter than an epoch \(3 steps\): use fewer stages"),
-     ({"randaugment": ""}, r"schedules the magnitude of config.randaugment, which is off"),
-     ({"progressive.randaugment": (5, 15)}, r"reaches magnitude 15, but 'rand-m9-mstd0.5' clips magnitudes at 10: "
-                                            r"add -mmax15"),
-     ({"progressive.stages": 0}, r"progressive schedules \['dropout', 'image_size', .*progressive.stages is 0"),
-     ({"progressive.stages": 1}, r"progressive.stages=1 needs at least 2 stages"),
-     ({"progressive.image_size": (16.5, 32)}, r"progressive.image_size=\(16.5, 32\) must be \(first, last\), "
-                                               r"each a whole number of pixels"),
-     ({"progressive.dropout": (0.1,)}, r"progressive.dropout=\(0.1,\) must be \(first, last\)"),
-     ({"model": "shufflenet_v2_x0_5"}, r"shufflenet_v2_x0_5 does not take the options \{'dropout': 0.0\}")],
-)  # fmt: skip
+    [
+        ({"num_train_steps": 8}, r"stages of 2 steps, shorter than an epoch \(3 steps\): use fewer stages"),
+        ({"randaugment": ""}, r"schedules the magnitude of config.randaugment, which is off"),
+        (
+            {"progressive.randaugment": (5, 15)},
+            r"reaches magnitude 15, but 'rand-m9-mstd0.5' clips magnitudes at 10: "
+            r"add -mmax15",
+        ),
+        ({"progressive.stages": 0}, r"progressive schedules \['dropout', 'image_size', .*progressive.stages is 0"),
+        ({"progressive.stages": 1}, r"progressive.stages=1 needs at least 2 stages"),
+        (
+            {"progressive.image_size": (16.5, 32)},
+            r"progressive.image_size=\(16.5, 32\) must be \(first, last\), "
+            r"each a whole number of pixels",
+        ),
+        ({"progressive.dropout": (0.1,)}, r"progressive.dropout=\(0.1,\) must be \(first, last\)"),
+        ({"model": "shufflenet_v2_x0_5"}, r"shufflenet_v2_x0_5 does not take the options \{'dropout': 0.0\}"),
+    ],
+)
 def test_a_schedule_that_cannot_work_is_refused_before_training(override, message):
     c = staged()
     for field, value in override.items():
@@ -132,9 +140,11 @@ def test_stages_train_at_their_size_and_compile_once_each(staged_run):
     # or read from the compilation cache) once, the evaluation step once: every jitted "step" of the run.
     assert len(jitted) == 4 and jitted[0]._cache_size() == 0
     assert lowerings.count("jit(step)") == 3 + 1
-    for line in ("stage 1/3 (steps 1-3): image_size 16, randaugment 5, mixup 0, dropout 0",
-                 "stage 2/3 (steps 4-6): image_size 24, randaugment 7, mixup 0.2, dropout 0.1",
-                 "stage 3/3 (steps 7-9): image_size 32, randaugment 9, mixup 0.4, dropout 0.2"):  # fmt: skip
+    for line in (
+        "stage 1/3 (steps 1-3): image_size 16, randaugment 5, mixup 0, dropout 0",
+        "stage 2/3 (steps 4-6): image_size 24, randaugment 7, mixup 0.2, dropout 0.1",
+        "stage 3/3 (steps 7-9): image_size 32, randaugment 9, mixup 0.4, dropout 0.2",
+    ):
         assert f"Progressive learning: {line}" in log
     assert log.count("Compiling stage") == 3
     assert "stage 2/3 trained" in log and "s per epoch" in log
@@ -168,6 +178,7 @@ def test_a_run_stopped_mid_stage_resumes_bit_for_bit(staged_run, tmp_path, monke
     trainer.train_and_evaluate(staged(), str(tmp_path))
     monkeypatch.undo()
     assert _checkpoints(tmp_path) == [2, 4, 5]
+    caplog.clear()  # the interrupted run's own lines, captured when absl already logs at INFO
     with caplog.at_level(logging.INFO):
         state = jax.device_get(trainer.train_and_evaluate(staged(), str(tmp_path)))
     assert "Resumed from" in caplog.text and "stage 2/3 (steps 4-6)" in caplog.text
@@ -186,8 +197,13 @@ def test_the_progressive_quickstart_and_recipes_are_valid_configs():
 def test_main_takes_a_schedule_from_the_command_line_and_names_a_misspelt_one(tmp_path):
     from tests.test_trainer import main_py
 
-    short = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.progressive.stages=3",
-                    '--config.progressive.image_size=(16, 32)', "--config.num_train_steps=5")  # fmt: skip
+    short = main_py(
+        "--config=configs/quickstart.py",
+        f"--workdir={tmp_path}",
+        "--config.progressive.stages=3",
+        "--config.progressive.image_size=(16, 32)",
+        "--config.num_train_steps=5",
+    )
     out = short.communicate(timeout=120)[0]
     assert short.returncode == 2 and "stages of 1 steps, shorter than an epoch (22 steps)" in out
     misspelt = main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.progressive.stagez=3")

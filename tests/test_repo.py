@@ -57,8 +57,10 @@ COMMANDS = (
 
 def _run_all(argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
     """Runs the commands side by side (each is mostly imports), each in its own interpreter."""
-    processes = [subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for argv in argvs]  # fmt: skip
+    processes = [
+        subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv in argvs
+    ]
     results = []
     for argv, process in zip(argvs, processes, strict=True):
         out, err = process.communicate(timeout=600)

@@ -166,8 +166,11 @@ def test_float16_gradients_that_underflow_are_kept_by_the_loss_scale():
     x, labels = rng.normal(size=(16, 8)).astype(np.float32), (np.arange(16) % 10).astype(np.int32)
     tx = optax.sgd(2.0**10)  # a power of two: the update is the gradient, exactly, and large beside the weights
     changes = {}
-    for name, dtype, rule in (("float32", jnp.float32, None), ("float16", jnp.float16, None),
-                              ("float16 scaled", jnp.float16, loss_scale.LossScale(dynamic=True))):  # fmt: skip
+    for name, dtype, rule in (
+        ("float32", jnp.float32, None),
+        ("float16", jnp.float16, None),
+        ("float16 scaled", jnp.float16, loss_scale.LossScale(dynamic=True)),
+    ):
         state, graphdefs = train.create_train_state(_Faint(dtype, nnx.Rngs(0)), tx, rule)
         before = jax.device_get(state.params)
         state, metrics = jax.jit(train.make_train_step(graphdefs, tx, loss_scale=rule))(state, x, labels)
@@ -247,8 +250,10 @@ def test_the_scale_doubles_after_period_finite_steps_and_a_skip_restarts_the_cou
     assert (float(ls.scale), int(ls.good_steps), int(ls.skipped)) == (2.0**10, 0, 1)
 
 
-@pytest.mark.parametrize("value, rule", [("dynamic", loss_scale.LossScale(dynamic=True)),
-                                         ("1024", loss_scale.LossScale(dynamic=False, initial=1024.0))])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, rule",
+    [("dynamic", loss_scale.LossScale(dynamic=True)), ("1024", loss_scale.LossScale(dynamic=False, initial=1024.0))],
+)
 def test_loss_scale_config_applies_to_float16_only(value, rule):
     assert loss_scale.from_config(value, "float16") == rule
     assert loss_scale.from_config(value, "bfloat16") is None and loss_scale.from_config(value, "float32") is None

@@ -32,18 +32,45 @@ STEPS = 24
 def tiny(**overrides):
     """The quickstart, small enough to compile and run in seconds on the 8-device CPU mesh."""
     c = quickstart.get_config()
-    c.update(model="mobilenet_v1_025", image_size=16, batch_size=32, num_train_steps=STEPS, log_every_steps=2,
-             checkpoint_every_steps=4, eval_every_epochs=0, ema_decay=0.9)  # fmt: skip
+    c.update(
+        model="mobilenet_v1_025",
+        image_size=16,
+        batch_size=32,
+        num_train_steps=STEPS,
+        log_every_steps=2,
+        checkpoint_every_steps=4,
+        eval_every_epochs=0,
+        ema_decay=0.9,
+    )
     # Every augmentation, so that resuming must reproduce their draws too.
-    c.update(crop_scale=(0.35, 1.0), crop_ratio=(3 / 4, 4 / 3), randaugment="rand-m9-mstd0.5", mixup=0.2, cutmix=1.0,
-             reprob=0.25)  # fmt: skip
+    c.update(
+        crop_scale=(0.35, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
+        randaugment="rand-m9-mstd0.5",
+        mixup=0.2,
+        cutmix=1.0,
+        reprob=0.25,
+    )
     c.update(**overrides)
     return c
 
 
-FLAGGED = ("model", "image_size", "batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
-           "eval_every_epochs", "ema_decay", "crop_scale", "crop_ratio", "randaugment", "mixup", "cutmix",
-           "reprob")  # fmt: skip
+FLAGGED = (
+    "model",
+    "image_size",
+    "batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_every_epochs",
+    "ema_decay",
+    "crop_scale",
+    "crop_ratio",
+    "randaugment",
+    "mixup",
+    "cutmix",
+    "reprob",
+)
 
 
 def flags(config) -> list[str]:
@@ -66,8 +93,14 @@ def _sigterm_at_batch(monkeypatch, n: int) -> None:
 
 def main_py(*args, env=None) -> subprocess.Popen:
     """main.py in a subprocess; it shares this session's compilation cache (conftest.py)."""
-    return subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "main.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 # --- configs -----------------------------------------------------------------------------------
@@ -75,12 +108,18 @@ def main_py(*args, env=None) -> subprocess.Popen:
 
 @pytest.mark.parametrize(
     "module, variant, model",
-    [(mobilenetv1, "", "mobilenet_v1_100_ms"), (mobilenetv1, "050", "mobilenet_v1_050"),
-     (mobilenetv2, "", "mobilenet_v2_100"), (mobilenetv2, "140", "mobilenet_v2_140"),
-     (shufflenetv2, "x0_5", "shufflenet_v2_x0_5"), (efficientnetv2, "", "efficientnet_v2_rw_t"),
-     (efficientnetv2, "s", "efficientnet_v2_s"), (mobilenetv3, "", "mobilenet_v3_large_100"),
-     (mobilenetv3, "small_100_timm", "mobilenet_v3_small_100_timm")],
-)  # fmt: skip
+    [
+        (mobilenetv1, "", "mobilenet_v1_100_ms"),
+        (mobilenetv1, "050", "mobilenet_v1_050"),
+        (mobilenetv2, "", "mobilenet_v2_100"),
+        (mobilenetv2, "140", "mobilenet_v2_140"),
+        (shufflenetv2, "x0_5", "shufflenet_v2_x0_5"),
+        (efficientnetv2, "", "efficientnet_v2_rw_t"),
+        (efficientnetv2, "s", "efficientnet_v2_s"),
+        (mobilenetv3, "", "mobilenet_v3_large_100"),
+        (mobilenetv3, "small_100_timm", "mobilenet_v3_small_100_timm"),
+    ],
+)
 def test_family_configs_name_their_variant_and_hold_the_common_fields(module, variant, model):
     config = module.get_config(variant)
     assert config.model == model
@@ -93,11 +132,28 @@ def test_recipes_are_the_seeds():
     v2, shuffle, eff = mobilenetv2.get_config(), shufflenetv2.get_config(), efficientnetv2.get_config()
     assert (v2.num_epochs, v2.batch_size, v2.lr, v2.momentum, v2.seed) == (600, 4096, 0.4, 0.9, 49)
     assert (shuffle.num_epochs, shuffle.batch_size, shuffle.lr, shuffle.momentum, shuffle.warmup_epochs) == (
-        240, 8192, 4.0, 0.0, 5)  # fmt: skip
+        240,
+        8192,
+        4.0,
+        0.0,
+        5,
+    )
     assert (eff.optimizer, eff.opt_eps, eff.lr, eff.schedule, eff.decay_epochs, eff.decay_rate) == (
-        "rmsprop_tf", 1e-3, 0.112, "step", 2.4, 0.97)  # fmt: skip
+        "rmsprop_tf",
+        1e-3,
+        0.112,
+        "step",
+        2.4,
+        0.97,
+    )
     assert (eff.warmup_lr, eff.weight_decay, eff.dropout, eff.drop_path_rate, eff.ema_decay, eff.image_size) == (
-        4e-6, 1e-5, 0.3, 0.2, 0.9999, 224)  # fmt: skip
+        4e-6,
+        1e-5,
+        0.3,
+        0.2,
+        0.9999,
+        224,
+    )
 
 
 def test_unknown_variant_lists_the_choices():
@@ -110,27 +166,29 @@ def test_unknown_variant_lists_the_choices():
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"batch_size": 36}, "does not divide over the 8 devices"),
-     ({"model": "mobilenet_v2_10"}, "Unknown model 'mobilenet_v2_10'.*mobilenet_v2_100"),
-     ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
-     ({"randaugment": "rand-m9-x2"}, "RandAugment config 'rand-m9-x2': cannot read 'x2'"),
-     ({"dataset": "folder:/no/such/dir"}, "folder:/no/such/dir: no such directory"),
-     ({"dtype": "float8"}, "dtype 'float8'"),
-     # Values that used to fail only when first used, hours into a run, or never.
-     ({"eval_batch_size": -1}, r"eval_batch_size=-1 is out of range: it must be a positive number"),
-     ({"eval_batch_size": 12}, "batch_size 12 does not divide over the 8 devices"),
-     ({"log_every_steps": 0}, r"log_every_steps=0 is out of range"),
-     ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is out of range: it must be in \[0, 1\)"),
-     ({"ema_decay": 1.0}, r"ema_decay=1.0 is out of range"),
-     ({"lr": float("nan")}, r"lr=nan is out of range: it must be positive and finite"),
-     ({"lr": 0.0}, r"lr=0.0 is out of range"),
-     ({"keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range: it must be at least 1"),
-     ({"crop_scale": (0.5, 0.1)}, r"crop_scale=\(0.5, 0.1\) must be \(low, high\)"),
-     ({"optimizer": "adam"}, r"optimizer 'adam' is not one of"),
-     ({"hflip": 2.0}, r"hflip=2.0 is out of range: it must be a probability"),
-     ({"loss_scale": "auto"}, r"loss_scale='auto': use 'dynamic' or a fixed scale >= 1, e.g. 1024"),
-     ({"loss_scale": "0.5"}, r"loss_scale='0.5': use 'dynamic' or a fixed scale >= 1")],
-)  # fmt: skip
+    [
+        ({"batch_size": 36}, "does not divide over the 8 devices"),
+        ({"model": "mobilenet_v2_10"}, "Unknown model 'mobilenet_v2_10'.*mobilenet_v2_100"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"randaugment": "rand-m9-x2"}, "RandAugment config 'rand-m9-x2': cannot read 'x2'"),
+        ({"dataset": "folder:/no/such/dir"}, "folder:/no/such/dir: no such directory"),
+        ({"dtype": "float8"}, "dtype 'float8'"),
+        # Values that used to fail only when first used, hours into a run, or never.
+        ({"eval_batch_size": -1}, r"eval_batch_size=-1 is out of range: it must be a positive number"),
+        ({"eval_batch_size": 12}, "batch_size 12 does not divide over the 8 devices"),
+        ({"log_every_steps": 0}, r"log_every_steps=0 is out of range"),
+        ({"label_smoothing": 1.0}, r"label_smoothing=1.0 is out of range: it must be in \[0, 1\)"),
+        ({"ema_decay": 1.0}, r"ema_decay=1.0 is out of range"),
+        ({"lr": float("nan")}, r"lr=nan is out of range: it must be positive and finite"),
+        ({"lr": 0.0}, r"lr=0.0 is out of range"),
+        ({"keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range: it must be at least 1"),
+        ({"crop_scale": (0.5, 0.1)}, r"crop_scale=\(0.5, 0.1\) must be \(low, high\)"),
+        ({"optimizer": "adam"}, r"optimizer 'adam' is not one of"),
+        ({"hflip": 2.0}, r"hflip=2.0 is out of range: it must be a probability"),
+        ({"loss_scale": "auto"}, r"loss_scale='auto': use 'dynamic' or a fixed scale >= 1, e.g. 1024"),
+        ({"loss_scale": "0.5"}, r"loss_scale='0.5': use 'dynamic' or a fixed scale >= 1"),
+    ],
+)
 def test_bad_config_is_a_clear_error(override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         trainer.setup(tiny(**override))
@@ -240,9 +298,11 @@ def test_a_finished_run_says_so_and_trains_nothing(uninterrupted, caplog):
     assert f"is complete: step {STEPS} of {STEPS} was trained already" in caplog.text
     assert "Compiling" not in caplog.text
     # The closing summary, from the evaluations the run recorded (eval_every_epochs=0: one, at the end).
-    assert re.search(rf"Done: top-1 \d+\.\d\d% at the end \(step {STEPS}\), best \d+\.\d\d% \(step {STEPS}\); "
-                     rf"EMA top-1 .*checkpoints in {workdir}/checkpoints; TensorBoard: tensorboard --logdir={workdir}",
-                     caplog.text)  # fmt: skip
+    assert re.search(
+        rf"Done: top-1 \d+\.\d\d% at the end \(step {STEPS}\), best \d+\.\d\d% \(step {STEPS}\); "
+        rf"EMA top-1 .*checkpoints in {workdir}/checkpoints; TensorBoard: tensorboard --logdir={workdir}",
+        caplog.text,
+    )
     assert trainer.fingerprint(again.params) == trainer.fingerprint(state.params)
 
 
@@ -294,8 +354,20 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
     assert re.findall(r"1\.\s+\S+%\s+(\d) \((\d)\)", out) == [(str(c), str(c)) for c in expected]
 
     output = tmp_path / "run.tflite"
-    argv = ["--checkpoint", str(workdir), "--format", "tflite", "--quantize", "int8", "--output", str(output),
-            "--calibration_images", "16", "--min_agreement", "0"]  # fmt: skip
+    argv = [
+        "--checkpoint",
+        str(workdir),
+        "--format",
+        "tflite",
+        "--quantize",
+        "int8",
+        "--output",
+        str(output),
+        "--calibration_images",
+        "16",
+        "--min_agreement",
+        "0",
+    ]
     assert export.main(argv) == 0
     sidecar = json.loads(output.with_name("run.tflite.json").read_text())
     assert sidecar["class_names"] == [str(i) for i in range(10)]
@@ -352,8 +424,15 @@ def test_a_fine_tune_feeds_the_network_what_its_weights_were_trained_on(tmp_path
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     # A sane first step (warmup from 0.01), then a rate that blows the weights up.
-    config = tiny(lr=1e30, schedule="constant", warmup_lr=0.01, warmup_epochs=2 / 44, log_every_steps=1,
-                  checkpoint_every_steps=1, ema_decay=0.0)  # fmt: skip
+    config = tiny(
+        lr=1e30,
+        schedule="constant",
+        warmup_lr=0.01,
+        warmup_epochs=2 / 44,
+        log_every_steps=1,
+        checkpoint_every_steps=1,
+        ema_decay=0.0,
+    )
     with pytest.raises(trainer.TrainingDiverged, match=r"diverged at step 2.*last good checkpoint is step 1"):
         trainer.train_and_evaluate(config, str(tmp_path))
     ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
@@ -370,8 +449,9 @@ def uninterrupted_float16(tmp_path_factory):
     return workdir, jax.device_get(state)
 
 
-def test_float16_run_stopped_and_resumed_is_bit_for_bit_with_its_loss_scale(uninterrupted_float16, tmp_path,
-                                                                           monkeypatch):  # fmt: skip
+def test_float16_run_stopped_and_resumed_is_bit_for_bit_with_its_loss_scale(
+    uninterrupted_float16, tmp_path, monkeypatch
+):
     workdir, reference = uninterrupted_float16
     # The first steps overflow at jmp's 2**15 (measured: 3 skipped, 2**12 from step 3 on), so the
     # checkpoint at step 10 holds a scale and a count that a fresh state would not have.
@@ -479,10 +559,17 @@ def test_inference_and_eval_fall_back_from_a_damaged_step(uninterrupted, tmp_pat
 
 def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lightnets import checkpoint; "
-         "checkpoint.WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lightnets import checkpoint; "
+            "checkpoint.WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         holding = f"in use by the run of pid {holder.pid} on host {socket.gethostname()}"
@@ -506,8 +593,11 @@ def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path, caplog
 def test_resume_with_another_config_is_refused_unless_allowed(uninterrupted, tmp_path, caplog):
     workdir = _copy(uninterrupted, tmp_path)
     other = tiny(batch_size=64, seed=1, dataset="synthetic:256", log_every_steps=4)
-    with pytest.raises(ValueError, match=r"other settings: batch_size 32 -> 64, dataset 'digits' -> 'synthetic:256', "
-                                         r"seed 0 -> 1; .*allow_config_change=True") as refused:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"other settings: batch_size 32 -> 64, dataset 'digits' -> 'synthetic:256', "
+        r"seed 0 -> 1; .*allow_config_change=True",
+    ) as refused:
         trainer.train_and_evaluate(other, str(workdir))
     assert "log_every_steps" not in str(refused.value) and not _warnings(caplog, "damaged")
     # Accepted (hflip is host-side: the compiled step is the fixture's), logged and recorded.
@@ -528,8 +618,13 @@ def test_divergence_names_what_stopped_being_finite(tmp_path):
     inf = jax.tree_util.tree_map_with_path(lambda p, x: np.full_like(x, np.inf) if hit(p) else x, stats)
     n = sum(hit(p) for p, _ in jax.tree_util.tree_flatten_with_path(stats)[0])
     state = state.replace(batch_stats=inf, ema_batch_stats=inf)
-    finite = {"loss": 2.3, "top1": 0.1, "grad_norm": 1.0, "param_norm": 9.0,
-              **{f"finite_{k}": 1.0 for k in train.FINITE}}  # fmt: skip
+    finite = {
+        "loss": 2.3,
+        "top1": 0.1,
+        "grad_norm": 1.0,
+        "param_norm": 9.0,
+        **{f"finite_{k}": 1.0 for k in train.FINITE},
+    }
     diverged = {**finite, "finite_batch_stats": 0.0, "finite_ema_batch_stats": 0.0}
     ckpts = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
     message = trainer._divergence([finite, diverged], state, 8, ckpts)
@@ -594,10 +689,17 @@ def test_two_processes_train_together_and_the_checkpoint_restores_in_one(tmp_pat
     env.pop("JAX_COMPILATION_CACHE_DIR")  # nothing to share here, and it slows two processes down
     config = tiny(num_train_steps=6, checkpoint_every_steps=6)
     runs = [
-        main_py("--config=configs/quickstart.py", f"--workdir={tmp_path}", *flags(config),
-                f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}", env=env)
+        main_py(
+            "--config=configs/quickstart.py",
+            f"--workdir={tmp_path}",
+            *flags(config),
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            env=env,
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     outs = [run.communicate(timeout=400)[0] for run in runs]
     for run, out in zip(runs, outs, strict=True):
         assert run.returncode == 0, out[-5000:]

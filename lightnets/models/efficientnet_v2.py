@@ -83,10 +83,17 @@ S_RW = (stage(Fused, 2, 3, 1, 24, expand=1), *S[1:-1], stage(MBConv, 15, 3, 2, 2
 TORCHVISION_BLOCKS = {
     ConvBnAct: {"conv": "block.0.0", "bn1": "block.0.1"},
     FusedMBConv: {"conv_exp": "block.0.0", "bn1": "block.0.1", "conv_pwl": "block.1.0", "bn2": "block.1.1"},
-    InvertedResidual: {"conv_pw": "block.0.0", "bn1": "block.0.1", "conv_dw": "block.1.0", "bn2": "block.1.1",
-                       "se.conv_reduce": "block.2.fc1", "se.conv_expand": "block.2.fc2", "conv_pwl": "block.3.0",
-                       "bn3": "block.3.1"},
-}  # fmt: skip
+    InvertedResidual: {
+        "conv_pw": "block.0.0",
+        "bn1": "block.0.1",
+        "conv_dw": "block.1.0",
+        "bn2": "block.1.1",
+        "se.conv_reduce": "block.2.fc1",
+        "se.conv_expand": "block.2.fc2",
+        "conv_pwl": "block.3.0",
+        "bn3": "block.3.1",
+    },
+}
 
 
 class EfficientNetV2(MBNet):
@@ -169,30 +176,88 @@ def _eval(crop_pct, interpolation="bicubic", inception=False):
 
 
 _register("efficientnet_v2_b0_tf", 192, "timm:tf_efficientnetv2_b0", BASE, **_TF, **_B, preprocess=_eval(0.875))
-_register("efficientnet_v2_b1_tf", 192, "timm:tf_efficientnetv2_b1", BASE, **_TF, **_B, depth_mult=1.1,
-          preprocess=_eval(0.882))  # fmt: skip
-_register("efficientnet_v2_b2_tf", 208, "timm:tf_efficientnetv2_b2", BASE, **_TF, **_B, width_mult=1.1, depth_mult=1.2,
-          preprocess=_eval(0.89))  # fmt: skip
-_register("efficientnet_v2_b3_tf", 240, "timm:tf_efficientnetv2_b3", BASE, **_TF, **_B, width_mult=1.2, depth_mult=1.4,
-          preprocess=_eval(0.9, inception=True))  # fmt: skip
+_register(
+    "efficientnet_v2_b1_tf",
+    192,
+    "timm:tf_efficientnetv2_b1",
+    BASE,
+    **_TF,
+    **_B,
+    depth_mult=1.1,
+    preprocess=_eval(0.882),
+)
+_register(
+    "efficientnet_v2_b2_tf",
+    208,
+    "timm:tf_efficientnetv2_b2",
+    BASE,
+    **_TF,
+    **_B,
+    width_mult=1.1,
+    depth_mult=1.2,
+    preprocess=_eval(0.89),
+)
+_register(
+    "efficientnet_v2_b3_tf",
+    240,
+    "timm:tf_efficientnetv2_b3",
+    BASE,
+    **_TF,
+    **_B,
+    width_mult=1.2,
+    depth_mult=1.4,
+    preprocess=_eval(0.9, inception=True),
+)
 _register("efficientnet_v2_s_tf", 300, "timm:tf_efficientnetv2_s", S, **_TF, preprocess=_eval(1.0, inception=True))
 _register("efficientnet_v2_m_tf", 384, "timm:tf_efficientnetv2_m", M, **_TF, preprocess=_eval(1.0, inception=True))
-_register("efficientnet_v2_l_tf", 384, "timm:tf_efficientnetv2_l", L, **_TF, stem_chs=32,
-          preprocess=_eval(1.0, inception=True))  # fmt: skip
-_register("efficientnet_v2_xl_tf", 384, "timm:tf_efficientnetv2_xl", XL, **_TF, stem_chs=32,
-          preprocess=_eval(1.0, inception=True))  # fmt: skip
+_register(
+    "efficientnet_v2_l_tf",
+    384,
+    "timm:tf_efficientnetv2_l",
+    L,
+    **_TF,
+    stem_chs=32,
+    preprocess=_eval(1.0, inception=True),
+)
+_register(
+    "efficientnet_v2_xl_tf",
+    384,
+    "timm:tf_efficientnetv2_xl",
+    XL,
+    **_TF,
+    stem_chs=32,
+    preprocess=_eval(1.0, inception=True),
+)
 
 _TV = {"padding": "symmetric", "bn_eps": 1e-3, "drop_path_rate": 0.2}
-_register("efficientnet_v2_s", 384, "torchvision:efficientnet_v2_s", S, **_TV, dropout=0.2,
-          preprocess=_eval(1.0, "bilinear"))  # fmt: skip
-_register("efficientnet_v2_m", 480, "torchvision:efficientnet_v2_m", M, **_TV, dropout=0.3,
-          preprocess=_eval(1.0, "bilinear"))  # fmt: skip
-_register("efficientnet_v2_l", 480, "torchvision:efficientnet_v2_l", L, **_TV, dropout=0.4, stem_chs=32,
-          preprocess=_eval(1.0, inception=True))  # fmt: skip
+_register(
+    "efficientnet_v2_s", 384, "torchvision:efficientnet_v2_s", S, **_TV, dropout=0.2, preprocess=_eval(1.0, "bilinear")
+)
+_register(
+    "efficientnet_v2_m", 480, "torchvision:efficientnet_v2_m", M, **_TV, dropout=0.3, preprocess=_eval(1.0, "bilinear")
+)
+_register(
+    "efficientnet_v2_l",
+    480,
+    "torchvision:efficientnet_v2_l",
+    L,
+    **_TV,
+    dropout=0.4,
+    stem_chs=32,
+    preprocess=_eval(1.0, inception=True),
+)
 
 _RW = {"padding": "symmetric", "bn_eps": 1e-5}
-_register("efficientnet_v2_rw_t", 224, "timm:efficientnetv2_rw_t", S, **_RW, width_mult=0.8, depth_mult=0.9,
-          preprocess=_eval(1.0))  # fmt: skip
+_register(
+    "efficientnet_v2_rw_t",
+    224,
+    "timm:efficientnetv2_rw_t",
+    S,
+    **_RW,
+    width_mult=0.8,
+    depth_mult=0.9,
+    preprocess=_eval(1.0),
+)
 _register("efficientnet_v2_rw_s", 288, "timm:efficientnetv2_rw_s", S_RW, **_RW, head_chs=1792, preprocess=_eval(1.0))
 _register(
     "efficientnet_v2_rw_m",

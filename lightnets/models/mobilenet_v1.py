@@ -89,9 +89,12 @@ class MobileNetV1(MBNet):
 
 # timm's weights were trained with the Inception normalisation and evaluate with a bicubic resize.
 for _width, _timm, _crop in (
-    (0.25, None, 0.875), (0.5, None, 0.875), (0.75, None, 0.875),
-    (1.0, "mobilenetv1_100", 0.875), (1.25, "mobilenetv1_125", 0.9),
-):  # fmt: skip
+    (0.25, None, 0.875),
+    (0.5, None, 0.875),
+    (0.75, None, 0.875),
+    (1.0, "mobilenetv1_100", 0.875),
+    (1.25, "mobilenetv1_125", 0.9),
+):
     _suffix = f"{round(_width * 100):03d}"
     register_model(
         f"mobilenet_v1_{_suffix}",

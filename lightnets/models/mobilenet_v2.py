@@ -34,9 +34,15 @@ STAGES = (
 # torchvision's nn.Sequential positions of our block attributes, per block type.
 TORCHVISION_BLOCKS = {
     DepthwiseSeparable: {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"},
-    InvertedResidual: {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
-                       "conv_pwl": "conv.2", "bn3": "conv.3"},
-}  # fmt: skip
+    InvertedResidual: {
+        "conv_pw": "conv.0.0",
+        "bn1": "conv.0.1",
+        "conv_dw": "conv.1.0",
+        "bn2": "conv.1.1",
+        "conv_pwl": "conv.2",
+        "bn3": "conv.3",
+    },
+}
 
 
 class MobileNetV2(MBNet):

@@ -70,8 +70,12 @@ def torchvision_names(model: MobileNetV3) -> Namer:
     for s, stage_blocks in enumerate(model.blocks):
         for i in range(len(stage_blocks)):
             number[(s, i)] = len(number) + 1
-    top = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "classifier.0",
-           "classifier": "classifier.3"}  # fmt: skip
+    top = {
+        "conv_stem": "features.0.0",
+        "bn1": "features.0.1",
+        "conv_head": "classifier.0",
+        "classifier": "classifier.3",
+    }
 
     def name(path: tuple) -> str:
         if path[0] != "blocks":
@@ -107,8 +111,14 @@ class MobileNetV3(MBNet):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        layers = Layers(rngs=rngs, act=jax.nn.hard_swish, bn_eps=bn_eps, bn_momentum=bn_momentum, dtype=dtype,
-                        param_dtype=param_dtype)  # fmt: skip
+        layers = Layers(
+            rngs=rngs,
+            act=jax.nn.hard_swish,
+            bn_eps=bn_eps,
+            bn_momentum=bn_momentum,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
         super().__init__(
             stages,
             stem_chs=16,
