@@ -78,7 +78,8 @@ def main(argv):
         _fail(f"unexpected arguments {' '.join(argv[1:])!r}: every option is a --flag (main.py --help lists them)")
     cli.quiet_libraries()
     _initialize_distributed()  # before anything touches a device
-    from lightnets import summary, trainer
+    from lightnets import summary
+    from lightnets.training import trainer
 
     config = FLAGS.config
     try:

@@ -1,4 +1,4 @@
-"""Times the convolution formulations that `lightnets.layers.Conv2d` chooses between.
+"""Times the convolution formulations that `lightnets.models.layers.Conv2d` chooses between.
 
     python benchmarks/conv_formulations.py [--batch 32] [--size 56] [--channels 144]
 
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.layers import Conv2d
+from lightnets.models.layers import Conv2d
 
 
 def _time(fn, *args, repeats=5):

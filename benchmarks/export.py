@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="runtime intra-op threads (1: a phone core)")
     args = parser.parse_args(argv)
 
-    from lightnets import export, inference
+    from lightnets import export
+    from lightnets.deploy import inference
 
     print(
         "| model | format | check | max abs diff / max abs logit | top-1 agreement | size (MB) | export (s) "

@@ -21,7 +21,7 @@ import numpy as np
 
 from configs import default
 from input_pipeline import datasets
-from lightnets import trainer
+from lightnets.training import trainer
 
 
 def main():

@@ -63,8 +63,8 @@ def _peak_mb() -> float | None:
 def lightnets_rows(model_name: str, args) -> list[Row]:
     from flax import nnx
 
-    from lightnets import train, trainer
-    from lightnets.registry import model_info
+    from lightnets.models.registry import model_info
+    from lightnets.training import train, trainer
 
     family = model_info(model_name).family  # e.g. "mobilenet_v2": configs/mobilenetv2.py has its recipe
     module = importlib.import_module(f"configs.{family.replace('_', '')}")
@@ -129,7 +129,7 @@ def end_to_end_rows(config, args, compiled, holder, mesh, n: int) -> list[Row]:
     """The step fed by `datasets.train_iterator` from `--data` (as `main.py` feeds it), and the
     pipeline alone on one thread, which says how many host cores keep the device fed."""
     from input_pipeline import datasets
-    from lightnets import trainer
+    from lightnets.training import trainer
 
     source = datasets.create_source(args.data, "train", image_size=args.image_size)
     transform = trainer.data_transforms(config)[0]

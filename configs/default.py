@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = "tfds:imagenet2012"  # digits, synthetic[:N], tfds:NAME, folder:PATH, prepared:PATH, cifar10:PATH
     c.image_size = 224  # training and evaluation resolution, pixels (square)
     c.dtype = "bfloat16"  # computation dtype; parameters and BatchNorm statistics stay float32
-    # float16 only (lightnets/loss_scale.py): "dynamic" (jmp's rule: start at 2**15, halve and skip
+    # float16 only (lightnets/training/loss_scale.py): "dynamic" (jmp's rule: start at 2**15, halve and skip
     # the step at a non-finite gradient, double after 2000 finite steps) or a fixed scale, e.g.
     # "1024" as the MindSpore seed (a non-finite gradient still skips the step). Ignored for
     # bfloat16 and float32, whose exponent range needs no scale.
@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_epochs = 90.0
     c.num_train_steps = -1
 
-    # Optimiser (lightnets/optim.py): sgd, rmsprop_tf, adamw or lamb.
+    # Optimiser (lightnets/training/optim.py): sgd, rmsprop_tf, adamw or lamb.
     c.optimizer = "sgd"
     c.lr = 0.4  # at lr_base_batch_size images; scaled linearly to batch_size
     c.lr_base_batch_size = 0  # 0: lr is used as it is, whatever the batch size
@@ -80,14 +80,14 @@ def get_config() -> ml_collections.ConfigDict:
     # 1.0 on a square image: the whole image resized, as CIFAR is evaluated).
     c.crop_pct = 0.875
     c.eval_interpolation = "bilinear"
-    # On the device, in the train step (lightnets/augment.py), as timm's:
+    # On the device, in the train step (lightnets/training/augment.py), as timm's:
     c.reprob = 0.0  # random erasing probability (per image, pixel mode)
     c.mixup = 0.0  # Mixup alpha; 0: off
     c.cutmix = 0.0  # CutMix alpha; 0: off
     c.mixup_prob = 1.0  # probability of mixing a batch
     c.mixup_switch_prob = 0.5  # probability of CutMix instead of Mixup when both are on
 
-    # Progressive learning (lightnets/progressive.py; EfficientNetV2, Section 4): the run in `stages`
+    # Progressive learning (lightnets/training/progressive.py; EfficientNetV2, Section 4): the run in `stages`
     # equal parts, each scheduled field linear from its first value (stage 1) to its last (the
     # last stage); (): not scheduled. image_size is the training size (evaluation stays at
     # image_size above), randaugment the magnitude m of `randaugment`; the train step compiles

@@ -13,7 +13,7 @@ training is the seed's evaluation.
 Variants: `configs/efficientnetv2.py:rw_t` (b0_tf ... xl_tf, s, m, l, rw_t, rw_s, rw_m; default
 rw_t). Set `--config.fsdp=True` for the large ones.
 
-The paper's own recipes, with progressive learning (lightnets/progressive.py):
+The paper's own recipes, with progressive learning (lightnets/training/progressive.py):
 `configs/efficientnetv2.py:paper_s`, `:paper_m`, `:paper_l` train automl's networks (our `*_tf`
 variants) as the paper's Section 5.1 and Table 6 say, in 4 stages; docs/recipes.md traces each
 value to the paper or to automl's code, and says where the two differ and which we follow.

@@ -387,7 +387,7 @@ class RandAugment:
         for section in sections[1:]:
             key, value = [*re.split(r"(\d.*)", section), ""][:2]
             try:
-                if key == "m":  # a fraction too: progressive learning's stages (lightnets/progressive.py)
+                if key == "m":  # a fraction too: progressive learning's stages (lightnets/training/progressive.py)
                     self.magnitude = float(value)
                 elif key == "n":
                     self.num_layers = int(value)

@@ -7,7 +7,7 @@ logits = model(images)  # NHWC, normalised as `model_info(name).mean` and `.std`
 """
 
 from lightnets import models  # noqa: F401  (registers the variants)
-from lightnets.registry import ModelInfo, create_model, forward, list_models, model_info
+from lightnets.models.registry import ModelInfo, create_model, forward, list_models, model_info
 
 __all__ = ["ModelInfo", "create_model", "forward", "list_models", "model_info"]
 __version__ = "0.1.0"

@@ -45,7 +45,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from lightnets import preprocessing
-from lightnets.registry import create_model
+from lightnets.models.registry import create_model
 
 METADATA = "lightnets.json"
 LOCK = "lightnets.lock"  # in a trainer workdir

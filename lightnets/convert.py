@@ -38,8 +38,8 @@ from flax import nnx
 
 from lightnets import checkpoint, cli, preprocessing
 from lightnets.checkpoint import check_finite
-from lightnets.layers import BatchNorm, Conv2d, Linear
-from lightnets.registry import create_model, forward, list_models, model_info
+from lightnets.models.layers import BatchNorm, Conv2d, Linear
+from lightnets.models.registry import create_model, forward, list_models, model_info
 
 PROG = "python -m lightnets.convert"
 LAYOUTS = ("torchvision", "timm")
@@ -460,7 +460,7 @@ def from_mindspore(
       checkpoint: a `.ckpt` path, or its entries as `mindspore_ckpt.read` returns them.
       notes: if a list, a line is appended for each thing left out.
     """
-    from lightnets import mindspore_ckpt
+    from lightnets.interop import mindspore_ckpt
 
     what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
     entries = mindspore_ckpt.read(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else dict(checkpoint)
@@ -635,7 +635,7 @@ def _verification_images(args, name: str) -> np.ndarray:
 
 def _verify_mindspore_read(model: nnx.Module, path: str) -> bool:
     """--verify of --mindspore_checkpoint: our weights, written back, are the file's tensors bit for bit."""
-    from lightnets import mindspore_ckpt
+    from lightnets.interop import mindspore_ckpt
 
     entries = mindspore_ckpt.read(path)
     ours = to_mindspore(model, allow_nonfinite=True)
@@ -772,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint.save_weights(model, output, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite)
         print(f"wrote {name} ({model.num_classes} classes) to {output}")
     elif mindspore:
-        from lightnets import mindspore_ckpt
+        from lightnets.interop import mindspore_ckpt
 
         partial = output.with_name(output.name + ".partial")  # a cut-off or unverified write never looks complete
         mindspore_ckpt.write(partial, entries, crc_check=args.crc_check)

@@ -18,7 +18,7 @@ compared with the JAX model. A float32 export must agree to max |difference| <= 
 otherwise the file is left as `OUTPUT.failed` and the command fails. An existing OUTPUT or
 OUTPUT.json is replaced only with `--overwrite`.
 
-ONNX and TFLite go through our own lowering of the model's jaxpr: `lightnets/lowering.py`.
+ONNX and TFLite go through our own lowering of the model's jaxpr: `lightnets/deploy/lowering.py`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ import numpy as np
 from flax import nnx
 
 from input_pipeline import photos
-from lightnets import checkpoint, cli, inference, lowering, preprocessing
-from lightnets.lowering import QUANTIZE
-from lightnets.registry import forward
+from lightnets import checkpoint, cli, preprocessing
+from lightnets.deploy import inference, lowering
+from lightnets.deploy.lowering import QUANTIZE
+from lightnets.models.registry import forward
 
 PROG = "python -m lightnets.export"
 FORMATS = ("onnx", "tflite", "stablehlo")

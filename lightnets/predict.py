@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from input_pipeline.transforms import CorruptImage
-from lightnets import cli, inference
-from lightnets.registry import forward
+from lightnets import cli
+from lightnets.deploy import inference
+from lightnets.models.registry import forward
 
 PROG = "python -m lightnets.predict"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}

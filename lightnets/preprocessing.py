@@ -118,7 +118,7 @@ class Preprocessing:
 
 def reference(variant: str, image_size: int | None = None) -> Preprocessing:
     """The evaluation preprocessing of `variant`'s reference weights (timm's or torchvision's)."""
-    from lightnets.registry import model_info
+    from lightnets.models.registry import model_info
 
     info = model_info(variant)
     return Preprocessing(image_size or info.resolution, info.crop_pct, info.interpolation, info.mean, info.std)

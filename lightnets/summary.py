@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lightnets import cli
-from lightnets.registry import create_model, forward, list_models, model_info
+from lightnets.models.registry import create_model, forward, list_models, model_info
 
 
 def count_params(model: nnx.Module) -> int:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from configs import mobilenetv1
 from input_pipeline import datasets, sources, transforms
-from lightnets import trainer
+from lightnets.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, mobilenetv3, shufflenetv2
-from lightnets import trainer
+from lightnets.training import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {

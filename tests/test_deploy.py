@@ -19,9 +19,10 @@ from PIL import Image
 
 import lightnets
 from input_pipeline import datasets, photos
-from lightnets import checkpoint, convert, export, inference, predict, preprocessing
-from lightnets.layers import BatchNorm
-from lightnets.registry import model_info
+from lightnets import checkpoint, convert, export, predict, preprocessing
+from lightnets.deploy import inference
+from lightnets.models.layers import BatchNorm
+from lightnets.models.registry import model_info
 from tests.conftest import SMALLEST, run_command
 
 SIZE = 32  # export tests: the smallest input every family takes
@@ -340,7 +341,7 @@ def trained_on_digits():
     on a CPU: quantisation is judged on a trained network, as random ones amplify any rounding
     chaotically. In float32, what the exports are checked against (bfloat16 is slower on a CPU)."""
     from configs import quickstart
-    from lightnets import train, trainer
+    from lightnets.training import train, trainer
 
     config = quickstart.get_config()
     config.update(model="mobilenet_v1_025", dtype="float32", num_epochs=6.0)

@@ -19,7 +19,8 @@ import torchvision  # noqa: F401  before TensorFlow (the TFDS build): the other 
 from PIL import Image
 
 from input_pipeline import datasets, photos, prepare, sources, transforms
-from lightnets import augment, preprocessing
+from lightnets import preprocessing
+from lightnets.training import augment
 from tests.conftest import run_command
 
 CLASSES = ("n01440764", "n01443537", "n01484850")  # sorted: class index = position
@@ -458,7 +459,7 @@ def test_the_mixed_loss_is_timms_soft_target_cross_entropy():
     from timm.data.mixup import mixup_target
     from timm.loss import SoftTargetCrossEntropy
 
-    from lightnets import train
+    from lightnets.training import train
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(8, 10)).astype(np.float32)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from lightnets.layers import BatchNorm, Conv2d, Dropout, channel_shuffle, make_divisible
+from lightnets.models.layers import BatchNorm, Conv2d, Dropout, channel_shuffle, make_divisible
 
 
 def _conv(in_chs, out_chs, k, *, stride=1, groups=1, padding="symmetric", impl="auto", bias=False):

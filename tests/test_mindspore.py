@@ -27,8 +27,9 @@ from flax import nnx
 
 import lightnets
 from input_pipeline import photos as shipped_photos
-from lightnets import checkpoint, convert, mindspore_ckpt, preprocessing
+from lightnets import checkpoint, convert, preprocessing
 from lightnets.checkpoint import NonFiniteError
+from lightnets.interop import mindspore_ckpt
 from tests.conftest import run_command
 
 NAME = "mobilenet_v1_100_ms"

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 import lightnets
-from lightnets.blocks import MBNet
-from lightnets.layers import Dropout
+from lightnets.models.blocks import MBNet
+from lightnets.models.layers import Dropout
 from tests.reference import REFERENCE
 
 

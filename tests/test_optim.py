@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import default
-from lightnets import optim, trainer
+from lightnets.training import optim, trainer
 
 torch = pytest.importorskip("torch")
 timm_optim = pytest.importorskip("timm.optim")

@@ -8,7 +8,8 @@ import pytest
 
 import lightnets
 from configs import default, mobilenetv1
-from lightnets import checkpoint, preprocessing, trainer
+from lightnets import checkpoint, preprocessing
+from lightnets.training import trainer
 
 HALF = (0.5, 0.5, 0.5)
 

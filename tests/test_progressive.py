@@ -10,7 +10,7 @@ import pytest
 
 from configs import efficientnetv2, quickstart
 from input_pipeline import transforms
-from lightnets import progressive, train, trainer
+from lightnets.training import progressive, train, trainer
 from tests.test_trainer import _checkpoints, _sigterm_at_batch, tiny
 
 STAGE = 3  # steps per stage: synthetic:96 at batch 32 is 3 steps per epoch, the shortest stage allowed

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import lightnets
-from lightnets import loss_scale, train
+from lightnets.training import loss_scale, train
 
 NAME = "mobilenet_v1_025"
 

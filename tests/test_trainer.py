@@ -22,8 +22,9 @@ from flax import nnx
 import lightnets
 from configs import default, efficientnetv2, mobilenetv1, mobilenetv2, mobilenetv3, quickstart, shufflenetv2
 from input_pipeline import datasets
-from lightnets import augment, checkpoint, preprocessing, train, trainer
-from lightnets.layers import BatchNorm
+from lightnets import checkpoint, preprocessing
+from lightnets.models.layers import BatchNorm
+from lightnets.training import augment, train, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -541,7 +542,7 @@ def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_on
 
 
 def test_inference_and_eval_fall_back_from_a_damaged_step(uninterrupted, tmp_path, caplog):
-    from lightnets import inference
+    from lightnets.deploy import inference
 
     caplog.set_level("INFO", logger="absl")
     workdir = _copy(uninterrupted, tmp_path)

@@ -21,10 +21,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import FusedMBConv, InvertedResidual, MBNet, Stage, dotted_names, stage, torchvision_mbnet_names
-from lightnets.layers import ConvBnAct, Layers, make_divisible
+from lightnets.models.blocks import (
+    FusedMBConv,
+    InvertedResidual,
+    MBNet,
+    Stage,
+    dotted_names,
+    stage,
+    torchvision_mbnet_names,
+)
+from lightnets.models.layers import ConvBnAct, Layers, make_divisible
+from lightnets.models.registry import register_model
 from lightnets.preprocessing import INCEPTION_MEAN, INCEPTION_STD
-from lightnets.registry import register_model
 
 Conv = functools.partial(ConvBnAct, residual=True)  # stage 1: Fused-MBConv without expansion
 Fused = FusedMBConv

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import DepthwiseSeparable, MBNet, dotted_names, stage
-from lightnets.layers import Layers, make_divisible
+from lightnets.models.blocks import DepthwiseSeparable, MBNet, dotted_names, stage
+from lightnets.models.layers import Layers, make_divisible
+from lightnets.models.registry import register_model
 from lightnets.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
-from lightnets.registry import register_model
 
 # The paper's Table 1 as stages: depthwise-separable blocks with an activation after the
 # pointwise convolution and no residual.

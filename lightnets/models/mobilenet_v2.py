@@ -15,9 +15,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import DepthwiseSeparable, InvertedResidual, MBNet, dotted_names, stage, torchvision_mbnet_names
-from lightnets.layers import Layers, make_divisible
-from lightnets.registry import register_model
+from lightnets.models.blocks import (
+    DepthwiseSeparable,
+    InvertedResidual,
+    MBNet,
+    dotted_names,
+    stage,
+    torchvision_mbnet_names,
+)
+from lightnets.models.layers import Layers, make_divisible
+from lightnets.models.registry import register_model
 
 STAGES = (
     # block, repeats n, kernel, stride s, channels c, expansion t (the paper's Table 2)

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import DepthwiseSeparable, InvertedResidual, MBNet, Namer, dotted_names, stage
-from lightnets.layers import ConvBnAct, Layers, SqueezeExcite, make_divisible
-from lightnets.registry import register_model
+from lightnets.models.blocks import DepthwiseSeparable, InvertedResidual, MBNet, Namer, dotted_names, stage
+from lightnets.models.layers import ConvBnAct, Layers, SqueezeExcite, make_divisible
+from lightnets.models.registry import register_model
 
 relu = jax.nn.relu
 

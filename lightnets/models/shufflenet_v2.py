@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets.blocks import ClassifierHead, Namer
-from lightnets.layers import ConvBnAct, Layers, channel_shuffle
-from lightnets.registry import register_model
+from lightnets.models.blocks import ClassifierHead, Namer
+from lightnets.models.layers import ConvBnAct, Layers, channel_shuffle
+from lightnets.models.registry import register_model
 
 Array = jax.Array
 

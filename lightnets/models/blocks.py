@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lightnets.layers import Layers, SqueezeExcite, global_avg_pool, make_divisible
+from lightnets.models.layers import Layers, SqueezeExcite, global_avg_pool, make_divisible
 
 Array = jax.Array
 

@@ -8,7 +8,7 @@ builds the mesh, the data, the model and the optimiser, restores the latest chec
 workdir if there is one, then loops over the jitted train step. Around the step: console progress
 with an ETA, clu metric writers (TensorBoard in the workdir), evaluation of the raw and EMA weights
 every `eval_every_epochs`, asynchronous checkpoints, a profiler trace on request, and a clean stop
-on SIGTERM. The step itself is the pure function of `lightnets.train`.
+on SIGTERM. The step itself is the pure function of `lightnets.training.train`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from input_pipeline import datasets, transforms
-from lightnets import augment, checkpoint, loss_scale, optim, preprocessing, progressive, train
-from lightnets.registry import create_model, model_info
+from lightnets import checkpoint, preprocessing
+from lightnets.models.registry import create_model, model_info
+from lightnets.training import augment, loss_scale, optim, progressive, train
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lightnets import checkpoint, preprocessing, train
+from lightnets import checkpoint, preprocessing
+from lightnets.training import train
 
 WEIGHTS = ("auto", "raw", "ema")
 _SYNSET = re.compile(r"n\d{8}")  # a WordNet id, what TFDS and ImageNet's folders name classes by
@@ -73,7 +74,7 @@ def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
         names = class_names(model.num_classes, metadata.get("class_names"))
         return Loaded(model, preprocessing.of_weights(metadata), names, f"{model.variant} from {target}")
 
-    from lightnets import trainer  # the trainer's imports (optimisers, data) only when a run is loaded
+    from lightnets.training import trainer  # the trainer's imports (optimisers, data) only when a run is loaded
 
     mesh = train.make_mesh(jax.local_devices()[:1])
     model, state, _, step, saved = trainer.restore_run(target, mesh, jnp.float32)

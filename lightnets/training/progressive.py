@@ -29,7 +29,7 @@ from typing import Any
 
 from flax import nnx
 
-from lightnets import layers
+from lightnets.models import layers
 
 # The fields a stage may set, with the range of values that works for each.
 FIELDS = {

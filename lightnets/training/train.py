@@ -11,7 +11,7 @@ global batch (XLA inserts the cross-device reductions). The state is replicated,
 axis: XLA then gathers each parameter for the step and reduce-scatters its gradient. The state is
 donated: its buffers are reused for the new one. Parameters and BatchNorm statistics stay
 float32; the model computes in its own `dtype`. In float16 the loss is scaled
-(`lightnets.loss_scale`): a step whose gradients are not finite is skipped, leaving the state
+(`lightnets.training.loss_scale`): a step whose gradients are not finite is skipped, leaving the state
 as it was but for its step, dropout stream and loss scale.
 """
 
@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lightnets import loss_scale as loss_scaling
+from lightnets.training import loss_scale as loss_scaling
 
 DATA_AXIS = "data"
 # What the train step checks for NaN and infinity, each in a metric `finite_<name>` (1 finite,
@@ -130,7 +130,7 @@ def make_train_step(
     """A pure train step: forward in train mode, gradients, optimiser update, EMA.
 
     `preprocess` maps the batch as it arrives (e.g. uint8) to the model's input, on the device.
-    `batch_augment` (`lightnets.augment.BatchAugment`) then erases and mixes it, with a key drawn
+    `batch_augment` (`lightnets.training.augment.BatchAugment`) then erases and mixes it, with a key drawn
     from `seed` and the step number, so a resumed run draws the same as an uninterrupted one.
     `ema_decay` 0 keeps no average (the EMA fields follow the weights). With `fsdp_mesh`, the
     parameters arrive split over it (`state_sharding(fsdp=True)`): the step gathers them whole
