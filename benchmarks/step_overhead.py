@@ -22,6 +22,7 @@ import numpy as np
 from configs import default
 from input_pipeline import datasets
 from lightnets.training import trainer
+from lightnets.training.steps import build_steps
 
 
 def main():
@@ -43,7 +44,7 @@ def main():
         dtype=args.dtype,
     )
     s = trainer.setup(config)
-    steps = trainer.build_steps(config, s.model, s.mesh, s.steps_per_epoch)  # the trainer's own step
+    steps = build_steps(config, s.model, s.mesh, s.steps_per_epoch)  # the trainer's own step
     state, step = steps.state, steps.train_step
     data = datasets.train_iterator(s.train_source, global_batch_size=args.batch, seed=0)
 

@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/throughput.py --model=mobilenet_v2_100 --batch_size=256 \\
         --image_size=224 --dtype=bfloat16 [--compare_torch] [--torch_compile]
 
-For each model: the train step that `main.py` runs (`trainer.build_steps`: the family config's
+For each model: the train step that `main.py` runs (`lightnets.training.steps.build_steps`: the family config's
 optimiser, label smoothing, EMA, on-device augmentations, jitted over a mesh of all devices with
 the batch sharded over them) and the inference forward pass (eval mode), on synthetic uint8
 images already on the devices. Compilation and `--warmup` steps are timed apart from the rate;
@@ -64,15 +64,16 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     from flax import nnx
 
     from lightnets.models.registry import model_info
-    from lightnets.training import train, trainer
+    from lightnets.training import train
+    from lightnets.training.steps import DTYPES, build_model, build_steps
 
     family = model_info(model_name).family  # e.g. "mobilenet_v2": configs/mobilenetv2.py has its recipe
     module = importlib.import_module(f"configs.{family.replace('_', '')}")
     config = module.get_config(model_name.removeprefix(family + "_"))
     config.update(dtype=args.dtype, image_size=args.image_size, batch_size=args.batch_size * jax.device_count())
     mesh = train.make_mesh()
-    model = trainer.build_model(config, num_classes=1000)
-    steps = trainer.build_steps(config, model, mesh, steps_per_epoch=1000)
+    model = build_model(config, num_classes=1000)
+    steps = build_steps(config, model, mesh, steps_per_epoch=1000)
     n = config.batch_size
     rng = np.random.default_rng(0)
     sharding = train.batch_sharding(mesh)
@@ -103,7 +104,7 @@ def lightnets_rows(model_name: str, args) -> list[Row]:
     graphdefs, state = steps.graphdefs, holder["state"]
 
     def forward(params, batch_stats, rngs, x):
-        x = steps.normalize.on_device(x, trainer.DTYPES[args.dtype])
+        x = steps.normalize.on_device(x, DTYPES[args.dtype])
         return nnx.merge(graphdefs.eval, params, batch_stats, rngs, copy=True)(x)
 
     replicated = train.replicated(mesh)

@@ -342,11 +342,12 @@ def trained_on_digits():
     chaotically. In float32, what the exports are checked against (bfloat16 is slower on a CPU)."""
     from configs import quickstart
     from lightnets.training import train, trainer
+    from lightnets.training.steps import build_steps
 
     config = quickstart.get_config()
     config.update(model="mobilenet_v1_025", dtype="float32", num_epochs=6.0)
     s = trainer.setup(config)
-    steps = trainer.build_steps(config, s.model, train.make_mesh(jax.devices()[:1]), s.steps_per_epoch)
+    steps = build_steps(config, s.model, train.make_mesh(jax.devices()[:1]), s.steps_per_epoch)
     data = datasets.train_iterator(
         s.train_source,
         global_batch_size=config.batch_size,

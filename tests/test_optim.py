@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import default
-from lightnets.training import optim, trainer
+from lightnets.training import optim, steps
 
 torch = pytest.importorskip("torch")
 timm_optim = pytest.importorskip("timm.optim")
@@ -66,8 +66,8 @@ def test_updates_equal_pytorch(optimizer, extra):
     params = {"kernel": rng.normal(size=(4, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32)}
     grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(12)]
 
-    schedule = trainer.schedule(config, steps_per_epoch)
-    tx = trainer.optimizer(config, steps_per_epoch, params)
+    schedule = steps.schedule(config, steps_per_epoch)
+    tx = steps.optimizer(config, steps_per_epoch, params)
     ours = jax.tree.map(jnp.asarray, params)
     state = tx.init(ours)
     theirs = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
@@ -90,7 +90,7 @@ def test_step_schedule_is_timms():
     """0.97 every 2.4 epochs, counted in whole epochs, after a linear warm-up from warmup_lr."""
     config = _config(schedule="step", warmup_epochs=3, warmup_lr=1e-4, num_epochs=20)
     steps_per_epoch = 5
-    schedule = trainer.schedule(config, steps_per_epoch)
+    schedule = steps.schedule(config, steps_per_epoch)
 
     def timm_step(**kwargs):
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
@@ -140,7 +140,7 @@ def test_poly_and_linear_are_the_mindspore_seeds(schedule, lr_init, lr_max, warm
     config = _config(
         schedule=schedule, lr=lr_max, warmup_lr=lr_init, warmup_epochs=warmup_epochs, min_lr=0.0, num_epochs=epochs
     )
-    ours = trainer.schedule(config, steps_per_epoch)
+    ours = steps.schedule(config, steps_per_epoch)
     ours = np.asarray([ours(step) for step in range(epochs * steps_per_epoch)])
     # lr_end (1e-5 in the CIFAR config) is an argument the seed's poly never reads.
     seed = _mindspore_seed_lr(
@@ -152,7 +152,7 @@ def test_poly_and_linear_are_the_mindspore_seeds(schedule, lr_init, lr_max, warm
 
 def test_cosine_warms_up_then_decays_to_min_lr():
     config = _config(schedule="cosine", warmup_epochs=1, warmup_lr=0.0, min_lr=1e-3, num_epochs=10)
-    schedule = trainer.schedule(config, steps_per_epoch=10)
+    schedule = steps.schedule(config, steps_per_epoch=10)
     assert schedule(0) == 0.0
     np.testing.assert_allclose(schedule(5), 0.05, rtol=1e-6)
     np.testing.assert_allclose(schedule(10), 0.1, rtol=1e-6)
@@ -163,7 +163,7 @@ def test_cosine_warms_up_then_decays_to_min_lr():
 def test_learning_rate_scales_with_the_batch():
     assert optim.scaled_lr(0.1, 1024, 256) == pytest.approx(0.4)
     assert optim.scaled_lr(0.1, 1024, 0) == pytest.approx(0.1)
-    schedule = trainer.schedule(_config(lr=0.1, lr_base_batch_size=256, batch_size=1024, warmup_epochs=0.0), 10)
+    schedule = steps.schedule(_config(lr=0.1, lr_base_batch_size=256, batch_size=1024, warmup_epochs=0.0), 10)
     assert schedule(0) == pytest.approx(0.4)
 
 
@@ -173,7 +173,7 @@ def test_weight_decay_spares_batchnorm_and_biases_unless_asked():
     for include, expected_bn in ((False, 1.0), (True, 0.9)):
         config = _config(optimizer="sgd", momentum=0.0, lr=1.0, weight_decay=0.1, schedule="constant", warmup_epochs=0)
         config.weight_decay_norm_and_bias = include
-        tx = trainer.optimizer(config, 1, params)
+        tx = steps.optimizer(config, 1, params)
         updates, _ = tx.update(zero, tx.init(params), params)
         new = optax.apply_updates(params, updates)
         np.testing.assert_allclose(new["conv"]["kernel"], 0.9)
@@ -184,4 +184,4 @@ def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown optimizer 'adam'.*rmsprop_tf"):
         optim.create_optimizer("adam", 0.1, weight_decay=0.0)
     with pytest.raises(ValueError, match=r"unknown schedule 'cos'.*cosine"):
-        trainer.schedule(_config(schedule="cos"), 1)
+        steps.schedule(_config(schedule="cos"), 1)

@@ -25,6 +25,7 @@ from input_pipeline import datasets
 from lightnets import checkpoint, preprocessing
 from lightnets.models.layers import BatchNorm
 from lightnets.training import augment, train, trainer
+from lightnets.training.steps import build_model, build_steps, optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -380,7 +381,7 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
 def test_fine_tune_from_a_converter_checkpoint_with_a_new_head(tmp_path):
     source = lightnets.create_model("mobilenet_v1_025", num_classes=1000, rngs=nnx.Rngs(7))
     checkpoint.save_weights(source, tmp_path / "imagenet")
-    model = trainer.build_model(tiny(init_from=str(tmp_path / "imagenet")), num_classes=10)
+    model = build_model(tiny(init_from=str(tmp_path / "imagenet")), num_classes=10)
     np.testing.assert_array_equal(model.conv_stem.kernel[...], source.conv_stem.kernel[...])
     assert model.classifier.kernel.shape[-1] == 10
 
@@ -406,7 +407,7 @@ def test_a_fine_tune_feeds_the_network_what_its_weights_were_trained_on(tmp_path
     assert trainer.resolve_config(tiny(model="mobilenet_v2_035")).mean == preprocessing.IMAGENET_MEAN  # its reference
 
     s = trainer.setup(config)
-    steps = trainer.build_steps(config, s.model, s.mesh, s.steps_per_epoch)
+    steps = build_steps(config, s.model, s.mesh, s.steps_per_epoch)
     images, labels = s.eval_source.images[:32], s.eval_source.labels[:32].astype(np.int32)
     batch = trainer._global(s.mesh, {"image": images, "label": labels, "valid": np.ones(32, np.float32)})
     sums = jax.device_get(steps.eval_step(steps.state, batch["image"], batch["label"], batch["valid"]))
@@ -710,7 +711,7 @@ def test_two_processes_train_together_and_the_checkpoint_restores_in_one(tmp_pat
 
     # One process, 8 devices: the checkpoint both wrote restores to the same parameters.
     s = trainer.setup(config)
-    tx = trainer.optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
+    tx = optimizer(config, s.steps_per_epoch, params=nnx.state(s.model, nnx.Param))
     state, _ = train.create_train_state(s.model, tx)
     restored = checkpoint.RunCheckpoints(tmp_path / "checkpoints").restore(6, state)
     assert trainer.fingerprint(restored.params) == prints[0][0]

@@ -5,7 +5,7 @@
     tx = optim.create_optimizer("sgd", schedule, weight_decay=4e-5, momentum=0.9,
                                 decay_mask=optim.decay_mask(nnx.state(model, nnx.Param)))
 
-The trainer builds both from the config's fields (`trainer.optimizer`, `trainer.schedule`).
+The trainer builds both from the config's fields (`steps.optimizer`, `steps.schedule`).
 
 Each optimiser does what the PyTorch one of the same name does, update for update (the tests run
 both on the same problem):
