@@ -15,7 +15,8 @@ records a sha256 of every array, of the data iterator's state and of the metadat
 computed in orbax's background thread; a restore verifies them. A step that cannot be read or
 verified is reported, set aside as `<step>.corrupt-<n>` (never deleted; orbax no longer sees it)
 and the next older one is tried. The trainer holds `<workdir>/lightnets.lock` (`WorkdirLock`)
-for the run's life, so that two runs never write to one workdir.
+for the run's life, so that two runs never write to one workdir. `load_run` reads the weights of
+a run's newest intact step for inference and evaluation, without the trainer's optimiser.
 
 Weights holding a nan or an inf are neither saved nor loaded (`nonfinite` names the arrays) unless
 asked for with `allow_nonfinite=True`: they make every prediction nan, and say so only then.
@@ -485,14 +486,15 @@ class RunCheckpoints:
     def restore(self, step: int, like: Any, data_iterator: Any = None) -> Any:
         """The state saved at `step`, shaped and sharded as `like`, verified; moves `data_iterator` to its position.
 
+        `like` None reads the state as it was saved (nested dicts), on this process's first device.
         Raises DamagedCheckpoint for a step that cannot be read or differs from its checksums, and
         ValueError for an intact one that does not fit `like` or `data_iterator`.
         """
         recorded = self._checksums(step)
-        if recorded is not None:
+        if recorded is not None and like is not None:
             _check_fits(recorded["state"], like, f"step {step} of {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
+            abstract = self._as_saved(step) if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
             state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
         except Exception as e:
             raise DamagedCheckpoint(f"cannot read its state: {_short(e)}") from None
@@ -510,6 +512,18 @@ class RunCheckpoints:
         if data_iterator is not None:
             self._restore_data(step, data_iterator, recorded is not None)
         return state
+
+    def _as_saved(self, step: int) -> Any:
+        """The state's tree as orbax's metadata records it, every array placed on this process's
+        first device: a target that reads a step whatever the devices it was saved from (without
+        one, orbax refuses a step saved on another topology)."""
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            saved = handler.metadata(self.directory / str(step) / "state")
+        finally:
+            handler.close()
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
 
     def _restore_data(self, step: int, data_iterator: Any, verify: bool) -> None:
         import grain
@@ -614,14 +628,58 @@ class RunCheckpoints:
             self.release_lock()
 
 
-def _check_fits(recorded: dict, like: Any, what: str) -> None:
-    """Refuses (ValueError) an intact checkpoint whose arrays are not those of `like` (names, dtypes, shapes)."""
+@dataclasses.dataclass
+class RunWeights:
+    """A trainer run's weights at one step."""
+
+    model: nnx.Module  # the run's network (variant, class count), as created: its weights are not set
+    weights: dict[str, nnx.State]  # "params", "batch_stats", "ema_params", "ema_batch_stats"
+    step: int
+    run: dict  # the run's metadata: model, config, class names, evaluations
+
+
+def load_run(workdir: str | os.PathLike, *, dtype: Any = jnp.float32) -> RunWeights:
+    """The weights of the newest intact step of a trainer workdir, on this process's first device.
+
+    The step's state is read as it was saved (`RunCheckpoints.restore` without `like`: no
+    optimiser is built to shape it), from any number of devices, and every array is verified
+    against the step's checksums: a damaged step is reported and set aside (left in place while a
+    run holds the workdir), and the next older one is used. The caller picks the raw or the EMA
+    weights, and checks that they are finite, before setting any on `model`. A workdir without
+    checkpoints is a FileNotFoundError, and is left as it was.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    missing = FileNotFoundError(f"{workdir} holds no checkpoint: neither {METADATA} nor checkpoints/")
+    if not (workdir / "checkpoints").is_dir():
+        raise missing
+    ckpts = RunCheckpoints(workdir / "checkpoints")
+    try:
+        if ckpts.latest_step() is None:
+            raise missing
+        step, state, run = ckpts.restore_latest(None)
+        if step is None:
+            raise FileNotFoundError(f"{workdir} holds no intact checkpoint (the damaged ones are reported above)")
+    finally:
+        ckpts.close()
+    model = create_model(run["model"], num_classes=run["num_classes"], dtype=dtype)
+    _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    like = {"params": params, "batch_stats": batch_stats, "ema_params": params, "ema_batch_stats": batch_stats}
+    arrays = {_name(path): x for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    shapes = {name: [str(x.dtype), list(x.shape)] for name, x in arrays.items()}
+    _check_fits(shapes, like, f"step {step} of {ckpts.directory}", partial=True)
+    weights = jax.tree_util.tree_map_with_path(lambda path, _: arrays[_name(path)], like)
+    return RunWeights(model, weights, step, run)
+
+
+def _check_fits(recorded: dict, like: Any, what: str, *, partial: bool = False) -> None:
+    """Refuses (ValueError) an intact checkpoint whose arrays are not those of `like` (names, dtypes,
+    shapes); with `partial`, its arrays that `like` does not name are not compared."""
     expected = {}
     for path, x in jax.tree_util.tree_flatten_with_path(like)[0]:
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x = jax.random.key_data(x)
         expected[_name(path)] = [str(x.dtype), list(x.shape)]
-    saved = {k: v[:2] for k, v in recorded.items()}
+    saved = {k: v[:2] for k, v in recorded.items() if not partial or k in expected}
     if saved != expected:
         names = sorted(saved.keys() | expected.keys())
         differ = [

@@ -1,14 +1,20 @@
 """Test set-up: an 8-device CPU mesh, the smallest variant of each family, and every file the
 code under test writes kept in pytest's own temporary directory."""
 
+import hashlib
 import os
+import pathlib
+import subprocess
+import sys
 import tempfile
+import textwrap
 
 # Before jax is imported: exercise an 8-device mesh on one CPU, as CI has no accelerator.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
+import numpy as np
 import pytest
 
 # The smallest variant of each family: every behaviour test runs on these.
@@ -34,6 +40,37 @@ def run_command(main, prog: str, argv: list[str], capsys) -> tuple[int, str, str
         cli.run(main, prog, argv)
     out, err = capsys.readouterr()
     return exit_.value.code, out, err
+
+
+# Makes the modules in ABSENT (and their submodules) unimportable, as if not installed: a library
+# that imports one optionally gets the ImportError it would get there.
+_ABSENT = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == a or name.startswith(a + ".") for a in ABSENT):
+            raise ModuleNotFoundError(f"No module named {name!r} (absent in this test)", name=name)
+sys.meta_path.insert(0, Absent())
+"""
+
+
+def run_python(code: str, *, absent: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter (as a user's first import is) on one CPU device, with the
+    modules `absent` unimportable."""
+    program = f"ABSENT = {absent!r}\n{_ABSENT}\n{textwrap.dedent(code)}"
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.run(
+        [sys.executable, "-c", program], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def digest(tree) -> str:
+    """A sha256 of every array of `tree`, in its leaves' order: equal only for equal bits."""
+    h = hashlib.sha256()
+    for x in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -168,6 +168,16 @@ def test_predict_bad_input_is_a_clear_error(argv, message, tmp_path, capsys):
         assert code == 2 and line.startswith(f"{predict.PROG}: error: ") and message in line
 
 
+def test_predict_on_a_directory_without_a_checkpoint_says_so_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    image = photo_files(tmp_path / "images", count=1)[0]
+    argv = ["--checkpoint", str(tmp_path / "empty"), str(image)]
+    code, _, err = run_command(predict.main, predict.PROG, argv, capsys)
+    (line,) = err.splitlines()
+    assert code == 2 and line.endswith("empty holds no checkpoint: neither lightnets.json nor checkpoints/")
+    assert not any((tmp_path / "empty").iterdir())  # no checkpoints/ made in the user's directory
+
+
 def _nonfinite_model() -> nnx.Module:
     """A 3-class mobilenet_v1_025 with a nan in its classifier and an inf in a running variance."""
     model = lightnets.create_model("mobilenet_v1_025", num_classes=3)

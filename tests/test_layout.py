@@ -1,39 +1,13 @@
-"""What the layout promises about imports, each checked in a fresh interpreter (as a user's first
-import is): the training step builds where the input pipeline's libraries are absent, and the
-deployment commands load a run without importing the training package."""
-
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
+"""What the layout promises about imports, each checked in a fresh interpreter: the training step
+builds where the input pipeline's libraries are absent, and deployment needs no training package
+(tests/test_trainer.py loads a run for inference with it absent)."""
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.conftest import run_python
 
 # The input pipeline's libraries, absent from a machine that only benchmarks the train step.
 PIPELINE = ("grain", "clu", "simplejpeg", "tensorflow", "tensorflow_datasets", "input_pipeline")
-
-# Makes the modules named `ABSENT` unimportable, as if not installed (a library that imports one
-# optionally gets the ImportError it would get there).
-BLOCKER = """
-import importlib.abc, sys
-class Absent(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ABSENT:
-            raise ModuleNotFoundError(f"No module named {name!r} (absent in this test)", name=name)
-sys.meta_path.insert(0, Absent())
-"""
-
-
-def _python(code: str, absent: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`code` run by a fresh interpreter on one CPU device, with the modules `absent` unimportable."""
-    program = f"ABSENT = {absent!r}\n{BLOCKER}\n{textwrap.dedent(code)}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    return subprocess.run(
-        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
 
 
 def test_the_train_step_builds_and_runs_without_the_input_pipeline():
@@ -53,7 +27,18 @@ def test_the_train_step_builds_and_runs_without_the_input_pipeline():
     print(int(state.step), float(metrics["loss"]))
     assert not [m for m in sys.modules if m.split(".")[0] in ABSENT]
     """
-    result = _python(code, absent=PIPELINE)
+    result = run_python(code, absent=PIPELINE)
     assert result.returncode == 0, result.stderr[-3000:]
     step, loss = result.stdout.split()
     assert step == "1" and np.isfinite(float(loss)), result.stdout
+
+
+def test_predict_export_and_inference_import_no_training():
+    code = """
+    import lightnets.deploy.inference, lightnets.export, lightnets.predict
+    print(sorted(m for m in sys.modules if m.startswith("lightnets.")))
+    assert not [m for m in sys.modules if m.startswith("lightnets.training")]
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lightnets.deploy.inference" in result.stdout and "lightnets.training" not in result.stdout

@@ -26,6 +26,7 @@ from lightnets import checkpoint, preprocessing
 from lightnets.models.layers import BatchNorm
 from lightnets.training import augment, train, trainer
 from lightnets.training.steps import build_model, build_steps, optimizer
+from tests.conftest import digest, run_python
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -376,6 +377,30 @@ def test_predict_and_export_a_trainer_workdir(uninterrupted, tmp_path, capsys):
     assert sidecar["preprocessing"]["image_size"] == config.image_size
     assert sidecar["preprocessing"]["mean"] == [0.5] * 3  # what the run trained with: mobilenet_v1's reference
     assert "EMA weights" in sidecar["source"]
+
+
+def test_a_run_loads_for_inference_without_the_training_package(uninterrupted):
+    """predict and export read a run's raw and EMA weights, bit for bit, with lightnets.training
+    unimportable: no optimiser is built to read a checkpoint."""
+    workdir, state = uninterrupted
+    code = f"""
+    from flax import nnx
+    from lightnets import export, predict
+    from lightnets.deploy import inference
+    from tests.conftest import digest
+
+    for weights in ("raw", "ema"):
+        model = inference.load({str(workdir)!r}, weights=weights).model
+        print(digest(nnx.state(model, nnx.Param)), digest(nnx.state(model, nnx.BatchStat)))
+    """
+    result = run_python(code, absent=("lightnets.training",))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [
+        digest(state.params),
+        digest(state.batch_stats),
+        digest(state.ema_params),
+        digest(state.ema_batch_stats),
+    ]
 
 
 def test_fine_tune_from_a_converter_checkpoint_with_a_new_head(tmp_path):

@@ -19,12 +19,10 @@ import os
 import pathlib
 import re
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lightnets import checkpoint, preprocessing
-from lightnets.training import train
 
 WEIGHTS = ("auto", "raw", "ema")
 _SYNSET = re.compile(r"n\d{8}")  # a WordNet id, what TFDS and ImageNet's folders name classes by
@@ -74,21 +72,18 @@ def load(checkpoint_dir: str | os.PathLike, *, weights: str = "auto") -> Loaded:
         names = class_names(model.num_classes, metadata.get("class_names"))
         return Loaded(model, preprocessing.of_weights(metadata), names, f"{model.variant} from {target}")
 
-    from lightnets.training import trainer  # the trainer's imports (optimisers, data) only when a run is loaded
-
-    mesh = train.make_mesh(jax.local_devices()[:1])
-    model, state, _, step, saved = trainer.restore_run(target, mesh, jnp.float32)
-    config = saved["config"]
-    use_ema = config.get("ema_decay", 0.0) > 0 if weights == "auto" else weights == "ema"
-    if use_ema and not config.get("ema_decay", 0.0) > 0:
+    loaded = checkpoint.load_run(target)  # the weights alone: no optimiser, no training package
+    model, step, config = loaded.model, loaded.step, loaded.run["config"]
+    kept_ema = config.get("ema_decay", 0.0) > 0
+    use_ema = kept_ema if weights == "auto" else weights == "ema"
+    if use_ema and not kept_ema:
         raise ValueError(f"the run in {target} kept no EMA (ema_decay=0): use weights=raw")
-    params, batch_stats = (state.ema_params, state.ema_batch_stats) if use_ema else (state.params, state.batch_stats)
-    which = "EMA" if use_ema else "raw"
+    prefix, which = ("ema_", "EMA") if use_ema else ("", "raw")
+    chosen = {part: loaded.weights[prefix + part] for part in ("params", "batch_stats")}
     # A run that diverged may have saved them: nothing is predicted or exported from nans.
-    weights_of_step = {"params": params, "batch_stats": batch_stats}
-    checkpoint.check_finite(weights_of_step, f"the {which} weights of {target} step {step}")
-    nnx.update(model, jax.device_get(params), jax.device_get(batch_stats))
+    checkpoint.check_finite(chosen, f"the {which} weights of {target} step {step}")
+    nnx.update(model, chosen["params"], chosen["batch_stats"])
     model.eval()
-    names = class_names(model.num_classes, saved.get("class_names"))
+    names = class_names(model.num_classes, loaded.run.get("class_names"))
     description = f"{model.variant} from {target} step {step} ({which} weights)"
     return Loaded(model, preprocessing.of_run(config), names, description, config)

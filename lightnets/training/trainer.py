@@ -37,9 +37,9 @@ from jax.experimental import multihost_utils
 
 from input_pipeline import datasets, transforms
 from lightnets import checkpoint, preprocessing
-from lightnets.models.registry import create_model, model_info
+from lightnets.models.registry import model_info
 from lightnets.training import loss_scale, optim, progressive, train
-from lightnets.training.steps import DTYPES, Steps, build_model, build_steps, optimizer, train_step_of
+from lightnets.training.steps import DTYPES, Steps, build_model, build_steps, train_step_of
 
 
 class TrainingDiverged(RuntimeError):
@@ -916,35 +916,6 @@ def _nonfinite_part(part: str, m: dict, state: train.TrainState) -> str:
     return f"{_PARTS[part]} {found} ({part})"
 
 
-def restore_run(
-    workdir: str | os.PathLike, mesh, dtype
-) -> tuple[nnx.Module, train.TrainState, train.GraphDefs, int, dict]:
-    """The newest intact checkpoint of a trainer workdir: model, state (on `mesh`), graphdefs, step and run metadata.
-
-    A damaged step is reported and set aside (unless a run is training there), the next older one used.
-    """
-    ckpts = checkpoint.RunCheckpoints(pathlib.Path(workdir) / "checkpoints")
-    built = {}
-
-    def like(saved: dict) -> train.TrainState:
-        model = create_model(saved["model"], num_classes=saved["num_classes"], dtype=dtype)
-        # The optimiser's structure, which the restore needs, does not depend on the schedule's length.
-        tx = optimizer(saved_config(saved), 1, params=nnx.state(model, nnx.Param))
-        state, built["graphdefs"] = train.create_train_state(model, tx)
-        built["model"] = model
-        return train.put(state, train.state_sharding(mesh, state))
-
-    try:
-        if ckpts.latest_step() is None:
-            raise FileNotFoundError(f"{workdir} holds no checkpoint: neither {checkpoint.METADATA} nor checkpoints/")
-        step, state, saved = ckpts.restore_latest(like)
-        if step is None:
-            raise FileNotFoundError(f"{workdir} holds no intact checkpoint (the damaged ones are reported above)")
-    finally:
-        ckpts.close()
-    return built["model"], state, built["graphdefs"], step, saved
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_dir: str | None = None) -> dict:
     """Evaluates a checkpoint on the config's validation split.
 
@@ -959,13 +930,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | None, checkpoint_
     if (target / checkpoint.METADATA).exists():  # a weights directory
         model = checkpoint.load_weights(target, dtype=dtype)
         state, graphdefs = train.create_train_state(model, optax.identity())
-        state = train.put(state, train.state_sharding(mesh, state))
         what, ema = f"weights {target}", False
         normalize = preprocessing.of_weights(checkpoint.read_metadata(target)).normalize
-    else:
-        model, state, graphdefs, step, saved = restore_run(target, mesh, dtype)
-        what, ema = f"{target} step {step}", saved_config(saved).ema_decay > 0
-        normalize = preprocessing.of_run(saved["config"]).normalize
+    else:  # a trainer run: its raw and EMA weights, as inference reads them
+        run = checkpoint.load_run(target, dtype=dtype)
+        model, weights = run.model, run.weights
+        nnx.update(model, weights["params"], weights["batch_stats"])
+        state, graphdefs = train.create_train_state(model, optax.identity())
+        state = state.replace(ema_params=weights["ema_params"], ema_batch_stats=weights["ema_batch_stats"])
+        what, ema = f"{target} step {run.step}", saved_config(run.run).ema_decay > 0
+        normalize = preprocessing.of_run(run.run["config"]).normalize
+    state = train.put(state, train.state_sharding(mesh, state))
     if model.num_classes < source.num_classes:
         raise ValueError(f"{what} has {model.num_classes} classes, {config.dataset} has {source.num_classes}")
     # The network is fed what it was trained on, whatever this config's own mean and std.
