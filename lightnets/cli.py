@@ -1,11 +1,16 @@
 """What every command does with a mistake: one line on stderr, a non-zero exit, no traceback.
 
+    PROG = cli.prog("lightnets.convert")  # "lightnets-convert" when run by its entry point
+
     def main(argv=None) -> int:
-        parser = cli.ArgumentParser(prog="python -m lightnets.convert")  # has --debug
+        parser = cli.ArgumentParser(prog=PROG)  # has --debug
         ...
 
+    def command() -> None:  # the entry point, pyproject.toml's [project.scripts]
+        cli.run(main, PROG)
+
     if __name__ == "__main__":
-        cli.run(main, "python -m lightnets.convert")
+        command()
 
 A user's mistake (a wrong path, a bad value, a checkpoint that does not fit) reaches the user as
 `PROG: error: MESSAGE` and exit status 2; `--debug` (or LIGHTNETS_DEBUG=1) shows the traceback
@@ -27,6 +32,13 @@ from typing import NoReturn
 # is one) or a FileNotFoundError/FileExistsError; OSError covers unreadable, unwritable and full.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 EXIT_USER_ERROR = 2  # argparse's status for a usage error
+
+
+def prog(module: str) -> str:
+    """The command `module` as the user ran it: its entry point (`lightnets-convert` for
+    `lightnets.convert`, pyproject.toml's `[project.scripts]`) or `python -m lightnets.convert`."""
+    script = "lightnets-" + module.rsplit(".", 1)[-1]
+    return script if pathlib.Path(sys.argv[0]).name == script else f"python -m {module}"
 
 
 def debugging(argv: Sequence[str] | None = None) -> bool:

@@ -41,7 +41,7 @@ from lightnets.checkpoint import check_finite
 from lightnets.models.layers import BatchNorm, Conv2d, Linear
 from lightnets.models.registry import create_model, forward, list_models, model_info
 
-PROG = "python -m lightnets.convert"
+PROG = cli.prog("lightnets.convert")
 LAYOUTS = ("torchvision", "timm")
 
 # Our variable name -> PyTorch's, per layer type.
@@ -796,5 +796,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """`lightnets-convert`, the entry point pyproject.toml installs: as `python -m lightnets.convert`."""
     cli.run(main, PROG)
+
+
+if __name__ == "__main__":
+    command()

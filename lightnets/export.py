@@ -42,7 +42,7 @@ from lightnets.deploy import inference, lowering
 from lightnets.deploy.lowering import QUANTIZE
 from lightnets.models.registry import forward
 
-PROG = "python -m lightnets.export"
+PROG = cli.prog("lightnets.export")
 FORMATS = ("onnx", "tflite", "stablehlo")
 FLOAT32_TOLERANCE = 1e-4  # of max |logit|
 
@@ -335,5 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """`lightnets-export`, the entry point pyproject.toml installs: as `python -m lightnets.export`."""
     cli.run(main, PROG)
+
+
+if __name__ == "__main__":
+    command()

@@ -26,7 +26,7 @@ from lightnets import cli
 from lightnets.deploy import inference
 from lightnets.models.registry import forward
 
-PROG = "python -m lightnets.predict"
+PROG = cli.prog("lightnets.predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
@@ -120,5 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """`lightnets-predict`, the entry point pyproject.toml installs: as `python -m lightnets.predict`."""
     cli.run(main, PROG)
+
+
+if __name__ == "__main__":
+    command()

@@ -16,6 +16,8 @@ from flax import nnx
 from lightnets import cli
 from lightnets.models.registry import create_model, forward, list_models, model_info
 
+PROG = cli.prog("lightnets.summary")
+
 
 def count_params(model: nnx.Module) -> int:
     """Trainable parameters (BatchNorm statistics excluded, as PyTorch's `parameters()`)."""
@@ -117,12 +119,17 @@ def describe(config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.ArgumentParser(prog="python -m lightnets.summary", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style pattern of model names")
     args = parser.parse_args(argv)
     print(model_table(list_models(args.pattern)))
     return 0
 
 
+def command() -> None:
+    """`lightnets-summary`, the entry point pyproject.toml installs: as `python -m lightnets.summary`."""
+    cli.run(main, PROG)
+
+
 if __name__ == "__main__":
-    cli.run(main, "python -m lightnets.summary")
+    command()

@@ -4,6 +4,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 
 ROOT = pathlib.Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -86,6 +87,25 @@ def test_every_command_answers_help():
     for result in _run_all([[*argv, "--help"] for argv in COMMANDS]):
         assert result.returncode == 0, (result.args, result.stderr[-2000:])
         assert "usage" in (result.stdout + result.stderr).lower() or "flags:" in result.stdout, result.args
+
+
+def test_entry_points_run_their_commands_under_their_own_name():
+    # What `lightnets-convert` etc. run once pip has installed them (CI's editable install does):
+    # the command's `main`, its usage and its one-line mistakes under the name the user typed.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {f"lightnets-{c}": f"lightnets.{c}:command" for c in ("convert", "predict", "export", "summary")}
+    runs = []
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        for args in (["--help"], ["--no_such_flag"]):
+            argv = [f"/venv/bin/{name}", *args]
+            runs.append(["-c", f"import sys; sys.argv = {argv!r}; from {module} import {function}; {function}()"])
+    results = iter(_run_all(runs))
+    for name in scripts:
+        help_, mistake = next(results), next(results)
+        assert help_.returncode == 0 and help_.stdout.startswith(f"usage: {name} "), (name, help_.stderr[-2000:])
+        (line,) = mistake.stderr.splitlines()
+        assert mistake.returncode == 2 and line.startswith(f"{name}: error: "), (name, mistake.stderr[-2000:])
 
 
 MISTAKES = (
