@@ -131,6 +131,15 @@ def test_main_answers_each_common_mistake_in_one_line(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_readme_layout_names_every_module():
+    layout = README.split("## Layout\n", 1)[1].split("```")[1]
+    for path in sorted((ROOT / "lightnets").rglob("*.py")):
+        if path.name == "__init__.py" and path.parent.name != "lightnets":
+            assert f"  {path.parent.name}/" in layout, path.parent  # a sub-package, by its folder
+        else:
+            assert path.name in layout, path
+
+
 def test_no_script_shadows_a_package():
     # A script's directory comes first on sys.path when it runs: benchmarks/input_pipeline.py once
     # hid the input_pipeline package from every benchmark.

@@ -505,14 +505,13 @@ def test_float16_run_whose_loss_scale_collapses_stops_as_a_divergence(tmp_path, 
     """A first layer whose weights overflow float16 whatever the scale (x 1e6: past its 65504, still
     finite in float32): every step is skipped and halves the scale, from 2**15 to 2**-1 at the
     16th, where the run stops. The weights are state, not program: the fixture's compiled step serves."""
-    build_model = trainer.build_model
 
     def overflowing(config, num_classes):
         model = build_model(config, num_classes)
         model.conv_stem.kernel[...] = model.conv_stem.kernel[...] * 1e6
         return model
 
-    monkeypatch.setattr(trainer, "build_model", overflowing)
+    monkeypatch.setattr(trainer, "build_model", overflowing)  # the name trainer.setup calls
     config = tiny(dtype="float16", log_every_steps=4, checkpoint_every_steps=4)
     with pytest.raises(
         trainer.TrainingDiverged,
