@@ -23,8 +23,8 @@ keeps what was measured and measures only what is missing, with warm caches.
 
 Needs jax (with CUDA), flax, optax, orbax-checkpoint, ml_collections, torch, torchvision and timm;
 not grain, clu, TensorFlow or simplejpeg (synthetic data). ml_collections is pure Python: where it
-is missing, `--wheels DIR` installs it from a wheel in DIR (`pip download ml_collections==1.1.0
---no-deps -d DIR` on a machine with the internet) into OUT_DIR/site-packages, for this run only.
+is missing, `--wheels DIR` puts its wheel from DIR (`pip download ml_collections==1.1.0 --no-deps
+-d DIR` on a machine with the internet) on the measuring processes' path; nothing is installed.
 `--tiny` runs the same path on CPU at 32 px, batch 2, on the smallest variant of each family,
 with torch.compile for one model's inference only: compiling a training graph to C++ takes over a
 minute on a 2-core CPU.
@@ -129,21 +129,19 @@ def _load_earlier(path: pathlib.Path) -> dict[str, dict]:
     return done
 
 
-def ensure_ml_collections(out: pathlib.Path, wheels: str) -> list[str]:
-    """Extra PYTHONPATH entries that make ml_collections importable ([] if it already is)."""
+def ensure_ml_collections(wheels: str) -> list[str]:
+    """Extra PYTHONPATH entries that make ml_collections importable ([] if it already is): its
+    wheel itself, since Python imports pure-Python packages from a zip; nothing is installed."""
     if importlib.util.find_spec("ml_collections") is not None:
         return []
-    if not wheels:
+    found = sorted(pathlib.Path(wheels).glob("ml_collections-*.whl")) if wheels else []
+    if not found:
+        where = f"--wheels {wheels} holds no ml_collections-*.whl" if wheels else "ml_collections is not installed"
         sys.exit(
-            "gpu_check: ml_collections is not installed (the family configs need it); run "
-            "`pip download ml_collections==1.1.0 --no-deps -d DIR` where there is internet, then pass --wheels DIR"
+            f"gpu_check: {where} (the family configs need it); run `pip download ml_collections==1.1.0 --no-deps "
+            "-d DIR` where there is internet, then pass --wheels DIR"
         )
-    target = out / "site-packages"
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--find-links", wheels]
-    done = subprocess.run([*cmd, "--target", str(target), "ml_collections"], capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"gpu_check: could not install ml_collections from --wheels {wheels}: {done.stderr.strip()[-300:]}")
-    return [str(target)]
+    return [str(found[-1].resolve())]
 
 
 def _missing(frameworks: list[str], extra_path: list[str]) -> list[str]:
@@ -228,6 +226,7 @@ def report(out: pathlib.Path, command: str, args, settings, env, results, skippe
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     analysed = [r for r in results if "hlo" in r]
+    analysed_failed = [r for r in results if "analysis_error" in r]
     for r in analysed:
         h = r["hlo"]
         library = ", ".join(f"`{k}` {v}" for k, v in sorted(h["library"].items())) or "none"
@@ -251,10 +250,10 @@ def report(out: pathlib.Path, command: str, args, settings, env, results, skippe
             ],
             "",
         ]
-    md += ["## Skipped or failed", ""]
-    md += [f"- {s}" for s in skipped] or ["- nothing"]
-    for row in rows:
-        md += [f"- {row.model} {row.label} {row.mode}: {f}" for f in row.failures]
+    problems = [f"- {s}" for s in skipped]
+    problems += [f"- {r['job']['model']}: its analysis failed: {r['analysis_error']}" for r in analysed_failed]
+    problems += [f"- {row.model} {row.label} {row.mode}: {f}" for row in rows for f in row.failures]
+    md += ["## Skipped or failed", "", *(problems or ["- nothing"])]
     text = "\n".join(md) + "\n"
     (out / "gpu_check.md").write_text(text)
     summary = {
@@ -278,7 +277,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="alternations (default: 3, or 1 with --tiny)")
     parser.add_argument("--models", default="", help="comma-separated subset of the models")
     parser.add_argument("--frameworks", default="lightnets,torch,torch.compile")
-    parser.add_argument("--wheels", default="", help="a directory holding an ml_collections wheel, if it is missing")
+    parser.add_argument("--wheels", default="", help="a folder with an ml_collections wheel, used if it is missing")
     args = parser.parse_args(argv)
     settings = json.loads(json.dumps(TINY if args.tiny else FULL))
     if args.models:
@@ -294,7 +293,7 @@ def main(argv=None) -> int:
 
     out = pathlib.Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    extra_path = ensure_ml_collections(out, args.wheels)
+    extra_path = ensure_ml_collections(args.wheels)
     missing = _missing(frameworks, extra_path)
     if missing:
         sys.exit(f"gpu_check: {missing} not installed; --frameworks without the ones that need them runs the rest")

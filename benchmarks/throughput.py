@@ -30,6 +30,7 @@ import argparse
 import json
 import pathlib
 import shutil
+import statistics
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -61,7 +62,7 @@ def _progress(result: dict, rounds: int) -> None:
     if "error" in result:
         print(f"# {name}: FAILED, {result['error']}", file=sys.stderr, flush=True)
         return
-    rates = ", ".join(f"{mode} {measure._median(m['rates']):.1f}" for mode, m in result["modes"].items())
+    rates = ", ".join(f"{mode} {statistics.median(m['rates']):.1f}" for mode, m in result["modes"].items())
     print(f"# {name}: {rates} images/s ({result['wall_s']:.0f} s)", file=sys.stderr, flush=True)
 
 
@@ -80,6 +81,12 @@ def main(argv=None) -> list[measure.Row]:
     parser.add_argument("--torch_compile", action="store_true", help="with --compare_torch: torch.compile rows")
     parser.add_argument("--cores", default="", help="CPU cores for every process, e.g. 0,1 (default: all of ours)")
     parser.add_argument("--cache_dir", default="", help="compilation caches (default: a fresh one, removed after)")
+    parser.add_argument(
+        "--omp_wait_policy",
+        default="passive",
+        choices=["passive", "default"],
+        help="PyTorch's OpenMP threads: passive (robust on a shared machine) or libgomp's default spinning",
+    )
     parser.add_argument("--timeout_s", type=float, default=None, help="per process")
     parser.add_argument("--json", default="", help="also write every process's result to this file")
     parser.add_argument("--data", default="", help="end to end: a dataset (e.g. folder:PATH) feeding the train step")
@@ -95,7 +102,7 @@ def main(argv=None) -> list[measure.Row]:
 
     cores = [int(c) for c in args.cores.split(",")] if args.cores else measure.default_cores()
     cache_dir = args.cache_dir or measure.new_cache_dir()
-    env = measure.child_env(cache_dir)
+    env = measure.child_env(cache_dir, omp_wait_policy="" if args.omp_wait_policy == "default" else "PASSIVE")
     try:
         results = measure.alternate(
             jobs(args),
