@@ -55,7 +55,12 @@ def main():
     state, step = steps.state, steps.train_step
     data = datasets.train_iterator(s.train_source, global_batch_size=args.batch, seed=0)
 
-    batch = trainer._global(s.mesh, next(data))
+    def next_batch():  # the iterator's batch less its count of skipped (unreadable) images, as the trainer takes it
+        local = next(data)
+        local.pop("skipped")
+        return local
+
+    batch = trainer._global(s.mesh, next_batch())
     state, metrics = step(state, batch["image"], batch["label"])  # compile
     for _ in range(2):  # warm-up, apart from the windows
         state, metrics = step(state, batch["image"], batch["label"])
@@ -72,7 +77,7 @@ def main():
         start = time.perf_counter()
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            local = next(data)
+            local = next_batch()
             t1 = time.perf_counter()
             b = trainer._global(s.mesh, local)
             state, metrics = step(state, b["image"], b["label"])
