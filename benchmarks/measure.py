@@ -16,13 +16,14 @@ round were measured next to each other in time, so a slow minute of the machine 
 A ratio whose min-max spread includes 1.0 is "no difference".
 
 Why: XLA's and PyTorch's thread pools in one process fight over the same cores, and a shared
-machine's speed drifts from minute to minute (issue 19: PyTorch eager's training median came out
-at 15.0 and 112 images/s in two identical same-process runs).
+machine's speed drifts from minute to minute (issue 19: in one same-process run PyTorch eager's
+training windows ranged from 15 to 112 images/s).
 
 Threads: the child pins itself (`os.sched_setaffinity`) before importing either framework. XLA's
 CPU client sizes its intra-op pool (`tf_XLAEigen` threads) from the affinity mask (checked here:
 one core pinned gives one such thread), and PyTorch gets `torch.set_num_threads(len(cores))`; the
-child reports the counts it ran with. Compilation caches (JAX's persistent cache, inductor's and
+child reports the counts it ran with. OpenMP threads wait passively (`child_env` says why).
+Compilation caches (JAX's persistent cache, inductor's and
 triton's) live in the parent's `cache_dir`, shared by the rounds: the first round's compile
 seconds are a cold compilation, later rounds' a cache hit; the rates never include compilation.
 """
