@@ -592,6 +592,11 @@ def child_main(payload: str) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: python {sys.argv[0]} JSON  (a child of benchmarks/throughput.py or gpu_check.py)")
-    print(RESULT + json.dumps(child_main(sys.argv[1])), flush=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="One measurement in this process, as benchmarks/throughput.py and gpu_check.py start it; "
+        "prints one line, RESULT {json}."
+    )
+    parser.add_argument("spec", help='JSON: {"job": {the fields of measure.Job}, "cores": [0, 1], "profile_dir": ""}')
+    print(RESULT + json.dumps(child_main(parser.parse_args().spec)), flush=True)
