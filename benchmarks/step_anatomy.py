@@ -1,7 +1,8 @@
 """What a compiled XLA step is made of, and where its time goes: read from its optimised HLO and a profile.
 
     counts = convolutions(compiled.as_text())        # convolutions by form, layout changes beside them
-    table = time_by_category(trace_dir, hlo_text)    # op time per category, from a jax.profiler trace
+    table = time_by_category(trace_dir, hlo_text, steps)  # op time per category, from a jax.profiler trace
+    python benchmarks/step_anatomy.py HLO_FILE [--trace DIR --steps N]   # the same from files
 
 Used by `benchmarks/measure.py` (`--analyse`) on the lightnets train step. On a GPU every
 convolution should be a cuDNN call (`__cudnn$conv...` custom calls, or a cuDNN fusion holding a
@@ -371,3 +372,24 @@ def time_by_category(trace_dir: str, hlo_text: str, steps: int) -> dict:
         "unmatched_ms_per_step": unmatched / 1e6 / steps,
         "categories": rows,
     }
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="An optimised HLO module's convolutions, and its profile by category.")
+    parser.add_argument("hlo", help="a module's optimised HLO text (compiled.as_text(), or XLA_FLAGS=--xla_dump_to)")
+    parser.add_argument("--trace", default="", help="a jax.profiler trace folder of steps of that module")
+    parser.add_argument("--steps", type=int, default=1, help="steps in the trace")
+    args = parser.parse_args(argv)
+    with open(args.hlo) as f:
+        text = f.read()
+    out = {"convolutions": convolutions(text)}
+    if args.trace:
+        out["profile"] = time_by_category(args.trace, text, args.steps)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
