@@ -27,10 +27,13 @@ Dtype = Any
 
 # Convolution formulations. "xla" is `lax.conv_general_dilated` everywhere; "taps" computes a
 # depthwise convolution as k*k shifted multiply-adds, which XLA's CPU backend runs 10-20x faster
-# than its grouped convolution (benchmarks/conv_formulations.py); "auto" uses taps on CPU only,
-# where GPUs and TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix product in
-# every mode. The parameters are the same whichever formulation runs.
+# than its grouped convolution (benchmarks/conv_formulations.py), and a convolution of an input
+# with few channels (a stem's RGB) as one matrix product over its k*k shifted windows, 2-4x
+# faster than XLA's CPU convolution of 3 channels; "auto" uses taps on CPU only, where GPUs and
+# TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix product in every mode. The
+# parameters are the same whichever formulation runs.
 CONV_IMPLS = ("auto", "xla", "taps")
+PATCHES_MAX_CHANNELS = 4  # "taps": inputs with this many channels or fewer go through `_patches`
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -135,6 +138,9 @@ class Conv2d(nnx.Module):
             y = _matmul(x, kernel[0, 0])
         elif depthwise and impl == "taps":
             y = _depthwise_taps(x, kernel, s, self._pads(*x.shape[1:3]))
+        elif self.groups == 1 and self.in_channels <= PATCHES_MAX_CHANNELS and impl == "taps":
+            patches = _patches(x, k, s, self._pads(*x.shape[1:3]))
+            y = _matmul(patches, kernel.reshape(k * k * self.in_channels, self.out_channels))
         else:
             y = lax.conv_general_dilated(
                 x,
@@ -182,13 +188,35 @@ def _matmul_bwd(residuals, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def _pad(x: Array, pads) -> Array:
+    (top, bottom), (left, right) = pads
+    return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def _window(xp: Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> Array:
+    """xp[:, i + stride * h, j + stride * w, :] for every output pixel (h, w): tap (i, j)'s view."""
+    limit = (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3])
+    return lax.slice(xp, (0, i, j, 0), limit, (1, stride, stride, 1))
+
+
+def _out_size(padded: int, kernel: int, stride: int) -> int:
+    return (padded - kernel) // stride + 1
+
+
+def _patches(x: Array, k: int, stride: int, pads) -> Array:
+    """The k*k windows of x side by side on the channel axis, tap (i, j) at channels
+    (i * k + j) * C...: the order of an HWIO kernel reshaped to (k * k * C, out)."""
+    xp = _pad(x, pads)
+    out_h, out_w = _out_size(xp.shape[1], k, stride), _out_size(xp.shape[2], k, stride)
+    return jnp.concatenate([_window(xp, i, j, stride, out_h, out_w) for i in range(k) for j in range(k)], axis=-1)
+
+
 def _shifted_sum(xp: Array, kernel: Array, stride: int, out_h: int, out_w: int) -> Array:
     """sum over taps (i, j) of xp[:, i + stride * h, j + stride * w, :] * kernel[i, j, 0], in float32."""
     acc = None
     for i in range(kernel.shape[0]):
         for j in range(kernel.shape[1]):
-            limit = (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3])
-            window = lax.slice(xp, (0, i, j, 0), limit, (1, stride, stride, 1))
+            window = _window(xp, i, j, stride, out_h, out_w)
             term = window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
             acc = term if acc is None else acc + term
     return acc
@@ -197,10 +225,8 @@ def _shifted_sum(xp: Array, kernel: Array, stride: int, out_h: int, out_w: int) 
 def _depthwise_taps_plain(x: Array, kernel: Array, stride: int, pads) -> Array:
     """Depthwise convolution as k*k shifted multiply-adds, accumulated in float32."""
     k = kernel.shape[0]
-    (top, bottom), (left, right) = pads
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = (xp.shape[1] - k) // stride + 1
-    out_w = (xp.shape[2] - k) // stride + 1
+    xp = _pad(x, pads)
+    out_h, out_w = _out_size(xp.shape[1], k, stride), _out_size(xp.shape[2], k, stride)
     return _shifted_sum(xp, kernel, stride, out_h, out_w).astype(x.dtype)
 
 
@@ -241,17 +267,16 @@ def _depthwise_taps_bwd(stride, pads, residuals, g):
     x, kernel = residuals
     n, h, w, c = x.shape
     k, s = kernel.shape[0], stride
-    (top, bottom), (left, right) = pads
+    (top, _), (left, _) = pads
     out_h, out_w = g.shape[1], g.shape[2]
     gf = g.astype(jnp.float32)
 
     # The kernel's gradient: per tap, the shifted input times g, summed over batch and space.
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    xp = _pad(x, pads)
     dkernel = []
     for i in range(k):
         for j in range(k):
-            limit = (n, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, c)
-            window = lax.slice(xp, (0, i, j, 0), limit, (1, s, s, 1))
+            window = _window(xp, i, j, s, out_h, out_w)
             product = (window.astype(jnp.float32) * gf).reshape(n * out_h, out_w, c)
             dkernel.append(_sum_leading(product))
     dkernel = jnp.stack(dkernel).reshape(k, k, 1, c).astype(kernel.dtype)

@@ -143,6 +143,26 @@ def test_matmul_in_bfloat16_rounds_once_from_float32():
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2.0**-8 + 1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_few_channel_patches_equal_xla_convolution(stride, kernel, padding):
+    # A stem's RGB input: one product over the k*k windows, values and gradients as XLA's.
+    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 3))
+    patches = _conv(3, 8, kernel, stride=stride, padding=padding, impl="taps")
+    xla = nnx.clone(patches)
+    xla.conv_impl = "xla"
+    np.testing.assert_allclose(patches(x), xla(x), rtol=1e-5, atol=1e-5)
+
+    def grads(conv):
+        graphdef, params = nnx.split(conv)
+        return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
+
+    (p_patches, x_patches), (p_xla, x_xla) = grads(patches), grads(xla)
+    np.testing.assert_allclose(x_patches, x_xla, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p_patches["kernel"][...], p_xla["kernel"][...], rtol=1e-5, atol=1e-4)
+
+
 def test_pointwise_matmul_equals_convolution():
     x = jax.random.normal(jax.random.key(1), (2, 5, 5, 16))
     conv = _conv(16, 24, 1, bias=True)
