@@ -77,6 +77,7 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {' '.join(argv[1:])!r}: every option is a --flag (main.py --help lists them)")
     cli.quiet_libraries()
+    cli.prepare_cpu()  # before JAX starts its backend
     _initialize_distributed()  # before anything touches a device
     from lightnets import summary
     from lightnets.training import trainer

@@ -9,7 +9,7 @@ convolution should be a cuDNN call (`__cudnn$conv...` custom calls, or a cuDNN f
 `convolution`) with no transpose or copy feeding it or fed by it: a layout change beside a
 convolution is time spent converting NHWC to what the kernel wants. On CPU, lightnets writes
 depthwise and pointwise convolutions as shifted multiply-adds and matrix products
-(`lightnets.layers.Conv2d`), so few `convolution` ops remain and many `dot`s appear.
+(`lightnets.models.layers.Conv2d`), so few `convolution` ops remain and many `dot`s appear.
 
 The HLO text is parsed just enough for that: computations, and per instruction its name, opcode,
 operands and attributes. Profile events are matched to instructions by name; those that match

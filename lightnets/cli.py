@@ -20,9 +20,13 @@ instead. Errors of any other type are bugs of ours and keep their traceback.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import pathlib
+import platform
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -72,6 +76,7 @@ def error_message(error: BaseException) -> str:
 def run(main: Callable[[list[str] | None], int], prog: str, argv: list[str] | None = None) -> None:
     """Runs `main(argv)` and exits with its status; a user's mistake becomes one line on stderr."""
     quiet_libraries()
+    prepare_cpu()
     try:
         status = main(argv)
     except USER_ERRORS as e:
@@ -178,3 +183,56 @@ def quiet_libraries() -> None:
         for handler in logger.handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
+
+
+# glibc's malloc serves a request of more than 32 MiB (64 MiB from a thread other than the main
+# one) with a fresh mmap, and unmaps it when it is freed. XLA's CPU backend allocates a step's
+# temporaries as one block of hundreds of MiB each call, so every step faulted all of it in again
+# (and the kernel zeroed it): 194,000 page faults per MobileNetV2 train step at batch 16, 128 px,
+# most of a third of the step (docs/benchmarks.md). One arena that never unmaps nor trims keeps
+# the pages from step to step. mallopt's parameter numbers, from glibc's malloc.h:
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# A user who chose their own allocator or its settings keeps them.
+_ALLOCATOR_VARIABLES = (
+    "LD_PRELOAD",
+    "GLIBC_TUNABLES",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
+
+
+def prepare_cpu() -> bool:
+    """On a machine where JAX will compute on the CPU, and before it starts: keeps the memory
+    freed between steps mapped (above). Called by `run` and main.py; does nothing once a JAX
+    backend has started (its threads already hold their allocator arenas), where an accelerator
+    plugin is installed or JAX_PLATFORMS names another platform first, off glibc, or where the
+    user set the allocator's environment variables. Returns whether it changed anything.
+    """
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return False
+    if not _jax_computes_on_cpu() or any(name in os.environ for name in _ALLOCATOR_VARIABLES):
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return all(
+        libc.mallopt(parameter, value) == 1
+        for parameter, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    )
+
+
+def _jax_computes_on_cpu() -> bool:
+    """Whether JAX's default backend will be the CPU: JAX_PLATFORMS says so, or no accelerator
+    plugin is installed (found where JAX looks: the jax_plugins namespace and entry points)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    if importlib.util.find_spec("jax_plugins") is not None or importlib.util.find_spec("libtpu") is not None:
+        return False
+    return not importlib.metadata.entry_points(group="jax_plugins")

@@ -7,7 +7,17 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from lightnets.models.layers import BatchNorm, Conv2d, Dropout, channel_shuffle, make_divisible
+from lightnets.models.layers import (
+    BatchNorm,
+    Conv2d,
+    Dropout,
+    _depthwise_taps,
+    _depthwise_taps_plain,
+    _matmul,
+    _matmul_plain,
+    channel_shuffle,
+    make_divisible,
+)
 
 
 def _conv(in_chs, out_chs, k, *, stride=1, groups=1, padding="symmetric", impl="auto", bias=False):
@@ -46,6 +56,111 @@ def test_depthwise_taps_equal_xla_convolution(size, stride, kernel, padding):
     xla = nnx.clone(taps)
     xla.conv_impl = "xla"
     np.testing.assert_allclose(taps(x), xla(x), rtol=1e-5, atol=1e-5)
+
+
+# float32's unit round-off. A sum of m rounded products is within (m + 1) * U * sum(|terms|) of
+# the exact value, whatever the order (Higham, "Accuracy and Stability of Numerical Algorithms",
+# 3.1); two orders differ by at most twice that. sum(|terms|) is the same gradient taken at |x|,
+# |kernel| and |g|, where every term is non-negative.
+U = 2.0**-24
+
+
+def _vjp(fn, x, kernel, g):
+    return jax.vjp(fn, x, kernel)[1](g)
+
+
+def _assert_same_gradients(written, plain, x, kernel, g, terms):
+    """`written`'s gradients against autodiff of `plain`, to float32 summation round-off."""
+    got = _vjp(written, x, kernel, g)
+    want = _vjp(plain, x, kernel, g)
+    magnitude = _vjp(plain, jnp.abs(x), jnp.abs(kernel), jnp.abs(g))
+    for name, a, b, size, m in zip(("input", "kernel"), got, want, magnitude, terms, strict=True):
+        assert a.dtype == b.dtype, name
+        bound = 2 * (m + 1) * U * np.asarray(size) + np.finfo(np.float32).tiny
+        excess = np.abs(np.asarray(a) - np.asarray(b)) - bound
+        assert excess.max() <= 0, f"{name} gradient off by {excess.max():.3g} beyond round-off"
+
+
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_depthwise_taps_gradient_is_autodiff_of_the_taps(size, stride, kernel, padding):
+    conv = _conv(16, 16, kernel, stride=stride, groups=16, padding=padding, impl="taps")
+    pads = conv._pads(size, size)
+    x = jax.random.normal(jax.random.key(1), (3, size, size, 16))
+    w = jax.random.normal(jax.random.key(2), (kernel, kernel, 1, 16))
+    y = _depthwise_taps_plain(x, w, stride, pads)
+    g = jax.random.normal(jax.random.key(3), y.shape)
+
+    def written(x, w):
+        return _depthwise_taps(x, w, stride, pads)
+
+    def plain(x, w):
+        return _depthwise_taps_plain(x, w, stride, pads)
+
+    # An input pixel receives at most kernel**2 terms; a kernel tap sums one per output pixel.
+    _assert_same_gradients(written, plain, x, w, g, terms=(kernel**2, y.size // y.shape[-1]))
+
+
+def test_depthwise_taps_gradient_equals_xla_convolution_gradient():
+    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 8))
+    taps = _conv(8, 8, 3, stride=2, groups=8, impl="taps")
+    xla = nnx.clone(taps)
+    xla.conv_impl = "xla"
+
+    def grads(conv):
+        graphdef, params = nnx.split(conv)
+        return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
+
+    (p_taps, x_taps), (p_xla, x_xla) = grads(taps), grads(xla)
+    np.testing.assert_allclose(x_taps, x_xla, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p_taps["kernel"][...], p_xla["kernel"][...], rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_gradient_is_autodiff_of_the_product():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 16))
+    w = jax.random.normal(jax.random.key(2), (16, 24))
+    g = jax.random.normal(jax.random.key(3), (2, 5, 5, 24))
+    # An input channel sums one term per output channel; a weight one per pixel.
+    _assert_same_gradients(_matmul, _matmul_plain, x, w, g, terms=(24, 2 * 5 * 5))
+
+
+def test_matmul_in_bfloat16_rounds_once_from_float32():
+    # bfloat16 operands, float32 products and sums, one rounding of the result: what the float32
+    # computation on the same (bfloat16) values gives, to within bfloat16's unit round-off (2**-8:
+    # 8 significant bits).
+    x = jax.random.normal(jax.random.key(1), (4, 3, 3, 32)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(2), (32, 8)).astype(jnp.bfloat16)
+    g = jax.random.normal(jax.random.key(3), (4, 3, 3, 8)).astype(jnp.bfloat16)
+    y, pullback = jax.vjp(_matmul, x, w)
+    dx, dw = pullback(g)
+    f32 = [a.astype(jnp.float32) for a in (x, w, g)]
+    y32, pullback32 = jax.vjp(_matmul_plain, f32[0], f32[1])
+    dx32, dw32 = pullback32(f32[2])
+    for got, want in ((y, y32), (dx, dx32), (dw, dw32)):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2.0**-8 + 1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_few_channel_patches_equal_xla_convolution(stride, kernel, padding):
+    # A stem's RGB input: one product over the k*k windows, values and gradients as XLA's.
+    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 3))
+    patches = _conv(3, 8, kernel, stride=stride, padding=padding, impl="taps")
+    xla = nnx.clone(patches)
+    xla.conv_impl = "xla"
+    np.testing.assert_allclose(patches(x), xla(x), rtol=1e-5, atol=1e-5)
+
+    def grads(conv):
+        graphdef, params = nnx.split(conv)
+        return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
+
+    (p_patches, x_patches), (p_xla, x_xla) = grads(patches), grads(xla)
+    np.testing.assert_allclose(x_patches, x_xla, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p_patches["kernel"][...], p_xla["kernel"][...], rtol=1e-5, atol=1e-4)
 
 
 def test_pointwise_matmul_equals_convolution():

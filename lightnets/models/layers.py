@@ -27,10 +27,13 @@ Dtype = Any
 
 # Convolution formulations. "xla" is `lax.conv_general_dilated` everywhere; "taps" computes a
 # depthwise convolution as k*k shifted multiply-adds, which XLA's CPU backend runs 10-20x faster
-# than its grouped convolution (benchmarks/conv_formulations.py); "auto" uses taps on CPU only,
-# where GPUs and TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix product in
-# every mode. The parameters are the same whichever formulation runs.
+# than its grouped convolution (benchmarks/conv_formulations.py), and a convolution of an input
+# with few channels (a stem's RGB) as one matrix product over its k*k shifted windows, 2-4x
+# faster than XLA's CPU convolution of 3 channels; "auto" uses taps on CPU only, where GPUs and
+# TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix product in every mode. The
+# parameters are the same whichever formulation runs.
 CONV_IMPLS = ("auto", "xla", "taps")
+PATCHES_MAX_CHANNELS = 4  # "taps": inputs with this many channels or fewer go through `_patches`
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -132,9 +135,12 @@ class Conv2d(nnx.Module):
         if impl == "auto":
             impl = "taps" if jax.default_backend() == "cpu" else "xla"
         if k == 1 and s == 1 and self.groups == 1:
-            y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+            y = _matmul(x, kernel[0, 0])
         elif depthwise and impl == "taps":
             y = _depthwise_taps(x, kernel, s, self._pads(*x.shape[1:3]))
+        elif self.groups == 1 and self.in_channels <= PATCHES_MAX_CHANNELS and impl == "taps":
+            patches = _patches(x, k, s, self._pads(*x.shape[1:3]))
+            y = _matmul(patches, kernel.reshape(k * k * self.in_channels, self.out_channels))
         else:
             y = lax.conv_general_dilated(
                 x,
@@ -149,24 +155,159 @@ class Conv2d(nnx.Module):
         return y
 
 
-def _depthwise_taps(x: Array, kernel: Array, stride: int, pads) -> Array:
+def _contract(a: Array, b: Array, a_axes, b_axes) -> Array:
+    """a and b contracted over the given axes, products accumulated in float32."""
+    return lax.dot_general(a, b, ((tuple(a_axes), tuple(b_axes)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _matmul_plain(x: Array, kernel: Array) -> Array:
+    """x (..., c) times kernel (c, d), accumulated in float32 and returned in x's dtype."""
+    return _contract(x, kernel, [x.ndim - 1], [0]).astype(x.dtype)
+
+
+# A 1x1 convolution or a linear layer, with its gradient written out. Asked for a bfloat16
+# product, XLA's CPU backend widens both operands to float32 in separate passes and multiplies
+# in float32; asked for bfloat16 operands with a float32 result, it multiplies them as they are
+# (about 2x faster here). Autodiff of that would hand the backward products a float32 cotangent
+# and widen again, so the two backward products are written out with the same operand dtypes.
+_matmul = jax.custom_vjp(_matmul_plain)
+
+
+def _matmul_fwd(x, kernel):
+    return _matmul_plain(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(residuals, g):
+    x, kernel = residuals
+    dx = _contract(g, kernel, [g.ndim - 1], [1]).astype(x.dtype)
+    batch_axes = list(range(x.ndim - 1))
+    dkernel = _contract(x, g, batch_axes, batch_axes).astype(kernel.dtype)
+    return dx, dkernel
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _pad(x: Array, pads) -> Array:
+    (top, bottom), (left, right) = pads
+    return jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def _window(xp: Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> Array:
+    """xp[:, i + stride * h, j + stride * w, :] for every output pixel (h, w): tap (i, j)'s view."""
+    limit = (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3])
+    return lax.slice(xp, (0, i, j, 0), limit, (1, stride, stride, 1))
+
+
+def _out_size(padded: int, kernel: int, stride: int) -> int:
+    return (padded - kernel) // stride + 1
+
+
+def _patches(x: Array, k: int, stride: int, pads) -> Array:
+    """The k*k windows of x side by side on the channel axis, tap (i, j) at channels
+    (i * k + j) * C...: the order of an HWIO kernel reshaped to (k * k * C, out)."""
+    xp = _pad(x, pads)
+    out_h, out_w = _out_size(xp.shape[1], k, stride), _out_size(xp.shape[2], k, stride)
+    return jnp.concatenate([_window(xp, i, j, stride, out_h, out_w) for i in range(k) for j in range(k)], axis=-1)
+
+
+def _shifted_sum(xp: Array, kernel: Array, stride: int, out_h: int, out_w: int) -> Array:
+    """sum over taps (i, j) of xp[:, i + stride * h, j + stride * w, :] * kernel[i, j, 0], in float32."""
+    acc = None
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            window = _window(xp, i, j, stride, out_h, out_w)
+            term = window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+            acc = term if acc is None else acc + term
+    return acc
+
+
+def _depthwise_taps_plain(x: Array, kernel: Array, stride: int, pads) -> Array:
     """Depthwise convolution as k*k shifted multiply-adds, accumulated in float32."""
     k = kernel.shape[0]
-    (top, bottom), (left, right) = pads
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = (xp.shape[1] - k) // stride + 1
-    out_w = (xp.shape[2] - k) // stride + 1
-    acc = jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), jnp.float32)
+    xp = _pad(x, pads)
+    out_h, out_w = _out_size(xp.shape[1], k, stride), _out_size(xp.shape[2], k, stride)
+    return _shifted_sum(xp, kernel, stride, out_h, out_w).astype(x.dtype)
+
+
+# The same function with its gradient written out. Differentiating the shifted multiply-adds
+# leaves XLA the transpose of each strided slice (a pad with interior zeros) and makes it keep a
+# float32 copy of every shifted window for the kernel's gradient; on CPU that backward took
+# 10-20x the forward's time. Written out, both gradients are shifted multiply-adds again.
+_depthwise_taps = jax.custom_vjp(_depthwise_taps_plain, nondiff_argnums=(2, 3))
+
+
+def _depthwise_taps_fwd(x, kernel, stride, pads):
+    return _depthwise_taps_plain(x, kernel, stride, pads), (x, kernel)
+
+
+def _tap_offsets(stride: int, kernel: int, pad_before: int) -> list[list[tuple[int, int]]]:
+    """For each phase r of an input axis (positions r, r + s, r + 2s, ...): the taps i that read
+    it and the output offset d such that input position q * s + r feeds output q + d through i."""
+    return [
+        [(i, (r + pad_before - i) // stride) for i in range(kernel) if (r + pad_before - i) % stride == 0]
+        for r in range(stride)
+    ]
+
+
+def _sum_leading(x: Array) -> Array:
+    """x summed over all but its last axis, the leading axis first by halving.
+
+    Each halving is an elementwise add that XLA fuses with the product feeding it; reducing the
+    product directly made XLA's CPU backend write every shifted window out first (3-4x slower
+    for the depthwise kernel's gradient here).
+    """
+    while x.shape[0] > 1 and x.shape[0] % 2 == 0:
+        half = x.shape[0] // 2
+        x = x[:half] + x[half:]
+    return x.sum(axis=tuple(range(x.ndim - 1)))
+
+
+def _depthwise_taps_bwd(stride, pads, residuals, g):
+    x, kernel = residuals
+    n, h, w, c = x.shape
+    k, s = kernel.shape[0], stride
+    (top, _), (left, _) = pads
+    out_h, out_w = g.shape[1], g.shape[2]
+    gf = g.astype(jnp.float32)
+
+    # The kernel's gradient: per tap, the shifted input times g, summed over batch and space.
+    xp = _pad(x, pads)
+    dkernel = []
     for i in range(k):
         for j in range(k):
-            window = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (xp.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, xp.shape[3]),
-                (1, stride, stride, 1),
-            )
-            acc = acc + window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
-    return acc.astype(x.dtype)
+            window = _window(xp, i, j, s, out_h, out_w)
+            product = (window.astype(jnp.float32) * gf).reshape(n * out_h, out_w, c)
+            dkernel.append(_sum_leading(product))
+    dkernel = jnp.stack(dkernel).reshape(k, k, 1, c).astype(kernel.dtype)
+
+    # The input's gradient: input row q * s + r receives g[q + d] * kernel[i] from each tap i of
+    # its phase r (`_tap_offsets`), so each of the s * s phases is a stride-1 shifted sum over g;
+    # the phases interleave into the input's grid. At stride 1 this is the transposed
+    # (flipped-kernel) convolution.
+    q_h, q_w = -(-h // s), -(-w // s)  # rows and columns per phase, rounded up
+    rows, cols = _tap_offsets(s, k, top), _tap_offsets(s, k, left)
+    d_h = [d for phase in rows for _, d in phase]
+    d_w = [d for phase in cols for _, d in phase]
+    lo_h, lo_w = max(0, -min(d_h)), max(0, -min(d_w))
+    hi_h, hi_w = max(0, q_h + max(d_h) - out_h), max(0, q_w + max(d_w) - out_w)
+    gp = jnp.pad(g, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    phases = []
+    for row_taps in rows:
+        for col_taps in cols:
+            acc = jnp.zeros((n, q_h, q_w, c), jnp.float32)
+            for i, dh in row_taps:
+                for j, dw in col_taps:
+                    start = (0, lo_h + dh, lo_w + dw, 0)
+                    window = lax.slice(gp, start, (n, start[1] + q_h, start[2] + q_w, c))
+                    acc = acc + window.astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+            phases.append(acc)
+    dx = jnp.stack(phases, axis=3).reshape(n, q_h, q_w, s, s, c)  # (..., phase row, phase column, c)
+    dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, q_h * s, q_w * s, c)[:, :h, :w]
+    return dx.astype(x.dtype), dkernel
+
+
+_depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
 
 
 class BatchNorm(nnx.Module):
@@ -231,7 +372,7 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
-        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return _matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype)) + self.bias[...].astype(self.dtype)
 
 
 class Dropout(nnx.Module):
