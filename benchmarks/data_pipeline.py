@@ -168,18 +168,47 @@ def small_only(root: pathlib.Path) -> pathlib.Path:
 # --- single core: decoders and the trainer's own iterators, in this process ------------------------
 
 
-def rate(fn, items, repeat: int = 5) -> list[float]:
-    """Items per second of `fn` over `items`, in `repeat` passes."""
-    rates = []
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its living descendants (read
+    from /proc; elsewhere this process's own)."""
+    if not os.path.isdir("/proc"):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) ": state, ppid, ..., utime, stime
+        parent[int(entry)], used[int(entry)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+    tree, grown = {os.getpid()}, True
+    while grown:
+        grown = False
+        for pid, ppid in parent.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grown = True
+    return sum(used.get(pid, 0.0) for pid in tree)
+
+
+def rate(fn, items, repeat: int = 5) -> tuple[list[float], list[float]]:
+    """Items per second of `fn` over `items` in `repeat` passes, and per CPU-second."""
+    rates, per_cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu_seconds()
         for item in items:
             fn(item)
         rates.append(len(items) / (time.perf_counter() - start))
-    return rates
+        per_cpu.append(len(items) / max(tree_cpu_seconds() - cpu, 1e-9))
+    return rates, per_cpu
 
 
-def decoders(blobs: list[bytes], size: int) -> dict[str, list[float]]:
+def decoders(blobs: list[bytes], size: int) -> dict[str, tuple[list[float], list[float]]]:
     # Decoded into the library's own memory (PIL keeps it; the pipeline resizes it there).
     def pil(data):
         Image.open(io.BytesIO(data)).load()
@@ -308,44 +337,17 @@ def single_core(workdir: pathlib.Path, root: pathlib.Path, size: int, batch: int
         f"{'':20s} {'':38s} {'median/s':>9s} {'best/s':>8s} {'per CPU-s':>10s} "
         f"{'cores for ' + str(FLAGS.device_rate) + '/s':>18s}"
     )
-    for group, name, value in rows:
-        rates, per_cpu = value if isinstance(value, tuple) else (value, None)
+    for group, name, (rates, per_cpu) in rows:
         median, best = float(np.median(rates)), max(rates)
         per_core = median / cores if group.endswith("workers") else median
-        cpu = f"{np.median(per_cpu):10.0f}" if per_cpu else f"{'':10s}"
-        print(f"{group:20s} {name:38s} {median:9.0f} {best:8.0f} {cpu} {FLAGS.device_rate / per_core:18.1f}")
+        print(
+            f"{group:20s} {name:38s} {median:9.0f} {best:8.0f} {np.median(per_cpu):10.0f} "
+            f"{FLAGS.device_rate / per_core:18.1f}"
+        )
     sys.stdout.flush()
 
 
 # --- against torchvision: one process per measurement ------------------------------------------------
-
-
-def tree_cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and its living descendants (read
-    from /proc; elsewhere this process's own)."""
-    if not os.path.isdir("/proc"):
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent, used = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:  # ended meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) ": state, ppid, ..., utime, stime
-        parent[int(entry)], used[int(entry)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
-    tree, grown = {os.getpid()}, True
-    while grown:
-        grown = False
-        for pid, ppid in parent.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
-                grown = True
-    return sum(used.get(pid, 0.0) for pid in tree)
 
 
 def _torch_loader(folder: pathlib.Path, train: bool, size: int, batch: int, workers: int):
@@ -487,7 +489,12 @@ def compare(root: pathlib.Path) -> dict:
     print(
         f"\n## Against torchvision {_version('torchvision')} (ImageFolder + DataLoader), the same files, batch "
         f"{batch}, {size} px: {FLAGS.pairs} pairs of processes (ours, torchvision), {FLAGS.seconds:g} s each after "
-        "warm-up; each process and its workers pinned to `workers` cores; ours: data_threads 2 per worker"
+        "warm-up; each process and its workers pinned to `workers` cores (the main process shares them); ours: "
+        "data_threads 2 per worker; median (range) over the pairs"
+    )
+    print(
+        f"{'path':6s} {'images':7s} {'workers':>7s} {'framework':12s} {'images/s per core':>24s} "
+        f"{'per CPU-second':>24s} {'cores for ' + str(FLAGS.device_rate) + '/s':>20s}"
     )
     results = {}
     for path, images, workers, folder in rows:
@@ -496,18 +503,13 @@ def compare(root: pathlib.Path) -> dict:
             ours.append(_run_measurement("ours", path, workers, folder))
             theirs.append(_run_measurement("torch", path, workers, folder))
         results[(path, images, workers)] = (ours, theirs)
-    header = (
-        f"{'path':6s} {'images':7s} {'workers':>7s} {'framework':12s} {'images/s per core':>24s} "
-        f"{'per CPU-second':>24s} {'cores for ' + str(FLAGS.device_rate) + '/s':>18s}"
-    )
-    print(header)
-    for (path, images, workers), (ours, theirs) in results.items():
         for name, runs in (("lightnets", ours), ("torchvision", theirs)):
             per_core = [r["rate"] / workers for r in runs]
             per_cpu = [r["per_cpu_second"] for r in runs]
+            cores = f"{FLAGS.device_rate / np.median(per_core):.0f} / {FLAGS.device_rate / np.median(per_cpu):.0f}"
             print(
                 f"{path:6s} {images:7s} {workers:7d} {name:12s} {_spread(per_core):>24s} {_spread(per_cpu):>24s} "
-                f"{FLAGS.device_rate / np.median(per_core):18.1f}"
+                f"{cores:>20s}"
             )
         for label, key in (("per core", "rate"), ("per CPU-second", "per_cpu_second")):
             ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=True)]
@@ -518,7 +520,12 @@ def compare(root: pathlib.Path) -> dict:
                 f"{'':23s} ratio lightnets/torchvision {label}, pair by pair: {np.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f}): {verdict}"
             )
-    sys.stdout.flush()
+        sys.stdout.flush()
+    print(
+        "(cores for the rate: from images/s per core / from per CPU-second. Per core is the rate over the "
+        "pinned cores; on a shared machine a pipeline with more threads takes a larger share of them, so "
+        "per CPU-second, which counts only the time each was given, is the fairer comparison there.)"
+    )
     return results
 
 
@@ -619,6 +626,12 @@ def equivalence(root: pathlib.Path) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def _libjpeg_version() -> str:
+    from PIL import features
+
+    return features.version("libjpeg_turbo") or "?"
+
+
 def main(argv) -> None:
     del argv
     size, batch = FLAGS.image_size, FLAGS.batch_size
@@ -647,7 +660,7 @@ def main(argv) -> None:
     print(
         f"# benchmarks/data_pipeline.py, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, Pillow {Image.__version__} (libjpeg-turbo "
-        f"{transforms_jpeg_version()}), simplejpeg {simplejpeg.__version__}, grain {_version('grain')}, torch "
+        f"{_libjpeg_version()}), simplejpeg {simplejpeg.__version__}, grain {_version('grain')}, torch "
         f"{_version('torch')}, torchvision {_version('torchvision')}; {describe_set(root)}; {size} px, batch {batch}"
     )
     if FLAGS.single_core:
@@ -661,12 +674,6 @@ def main(argv) -> None:
             print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}")
         if failed:
             sys.exit(f"{failed} equivalence checks failed")
-
-
-def transforms_jpeg_version() -> str:
-    from PIL import features
-
-    return features.version("libjpeg_turbo") or "?"
 
 
 if __name__ == "__main__":
