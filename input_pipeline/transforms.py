@@ -11,11 +11,14 @@ Randomness comes from the numpy Generator passed in (grain's `random_map` derive
 seed and the example's position), so a pipeline is reproducible and resumable.
 
 Speed: JPEGs are decoded by libjpeg-turbo through simplejpeg (faster than PIL; PIL for other
-formats), at a reduced size when the crop allows it (DCT scaling by 1/2, 1/4 or 1/8), and only
-the crop is handed to PIL's antialiased resize. 16-bit grey images (PNG, TIFF) keep their top 8
-bits, where PIL's and torchvision's `convert("RGB")` clip every value above 255 to white. PIL's
-refusal of a decompression bomb (more than twice `Image.MAX_IMAGE_PIXELS` pixels) is reported as
-such, and the image is skipped like any unreadable one.
+formats), at a reduced size when the crop allows it (DCT scaling by 1/2, 1/4 or 1/8), into PIL's
+own pixel layout, so that PIL's antialiased resize reads the crop where it lies: no copy between
+the decoder and the resize, and none of the float conversions torchvision's `ToTensor` and
+`Normalize` make on the host (docs/benchmarks.md, "Input pipeline on CPU").
+16-bit grey images (PNG, TIFF) keep their top 8 bits, where PIL's and torchvision's
+`convert("RGB")` clip every value above 255 to white. PIL's refusal of a decompression bomb (more
+than twice `Image.MAX_IMAGE_PIXELS` pixels) is reported as such, for JPEGs too, and the image is
+skipped like any unreadable one.
 The crop and resize geometry is torchvision's (`RandomResizedCrop`, `Resize` + `CenterCrop`);
 RandAugment is timm's (`rand_augment_transform`), op for op.
 """
