@@ -315,12 +315,17 @@ def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped():
         np.testing.assert_array_equal(image, np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=-1))
 
 
-def test_a_decompression_bomb_is_reported_as_such_and_skipped(monkeypatch):
+@pytest.mark.parametrize("kind", ("PNG", "JPEG"))  # JPEGs are read by libjpeg-turbo, not PIL: the same rule
+def test_a_decompression_bomb_is_reported_as_such_and_skipped(monkeypatch, kind):
     out = io.BytesIO()
-    Image.new("RGB", (32, 32)).save(out, format="PNG")
+    Image.new("RGB", (32, 32)).save(out, format=kind)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses over twice as many: 1,024 is a bomb here
-    example = datasets._Decode(transforms.EvalTransform(16))({"image": out.getvalue(), "label": 0, "name": "bomb.png"})
-    assert example["skipped"] == "bomb.png" and "decompression bomb" in example["reason"]
+    example = {"image": out.getvalue(), "label": 0, "name": "bomb"}
+    for skipped in (
+        datasets._Decode(transforms.EvalTransform(16))(example),
+        datasets._Decode(transforms.TrainTransform(16))(example, np.random.default_rng(0)),
+    ):
+        assert skipped["skipped"] == "bomb" and "decompression bomb" in skipped["reason"]
 
 
 @pytest.mark.parametrize("encoded", (False, True), ids=("pixels", "jpeg"))
