@@ -10,8 +10,10 @@ quality 90 or 95, in the seeds' folder layout; it prints their mix and mean size
 1. single core (`--single_core`, in this process, one thread): decoding alone (PIL, PIL with
    draft, simplejpeg, OpenCV if installed); the trainer's training path (`datasets.train_iterator`:
    read, decode, Inception crop, flip, batch) without and with RandAugment; the evaluation path
-   (resize, centre crop); both on prepared copies (`python -m input_pipeline.prepare`); and the
-   training path with one grain worker process per core;
+   (resize, centre crop); both on prepared copies (`python -m input_pipeline.prepare`); the
+   training path with one grain worker process per core; and where a training image's time goes,
+   stage by stage, ours and torchvision's, with how far the speed-ups that change pixels (DCT
+   reduction, PIL's `reducing_gap`) move them;
 2. with `--compare_torch`, ours against what the PyTorch seeds run (torchvision's `ImageFolder`
    with the PIL loader, `RandomResizedCrop(224)`, `RandomHorizontalFlip`, `ToTensor`, `Normalize`;
    for evaluation `Resize(256)`, `CenterCrop(224)`; a `DataLoader` with `num_workers` 1 and 2,
@@ -347,6 +349,108 @@ def single_core(workdir: pathlib.Path, root: pathlib.Path, size: int, batch: int
     sys.stdout.flush()
 
 
+def _least_cpu_ms(fn, items, repeat: int = 5) -> float:
+    """CPU ms per item of `fn` over `items`: the least of `repeat` passes (the least disturbed by other jobs)."""
+    best = math.inf
+    for _ in range(repeat):
+        start = time.process_time()
+        for i, item in enumerate(items):
+            fn(i, item)
+        best = min(best, (time.process_time() - start) / len(items) * 1e3)
+    return best
+
+
+def stages(root: pathlib.Path, size: int, count: int = 100) -> None:
+    """Where a training image's time goes, stage by stage, ours and torchvision's, on one core; and
+    how far the speed-ups that change pixels (DCT reduction, PIL's `reducing_gap`) move them."""
+    files = _files(root / "train")
+    small = [f.read_bytes() for f in files if f.stem.endswith(("_500x375", "_375x500"))][:count]
+    large = [f.read_bytes() for f in files if not f.stem.endswith(("_500x375", "_375x500"))][: count // 2]
+    print(
+        f"\n## Where a training image's time goes: CPU ms per image, least of 5 passes over {len(small)} 500 px JPEGs"
+    )
+    rng = np.random.default_rng(0)
+    encoded = [transforms.Encoded(b) for b in small]
+    boxes = [transforms.random_resized_crop_box(*e.size, rng) for e in encoded]
+    regions = [e.region(box, None, crop=True) for e, box in zip(encoded, boxes, strict=True)]
+    target = (size, size)
+    outs = [region.resize(target, Image.BILINEAR, box=box) for region, box in regions]
+    train = transforms.TrainTransform(size)
+    ours = {
+        "read the header": lambda i, b: transforms.Encoded(b),
+        "decode (+ crop)": lambda i, b: encoded[i].region(boxes[i], None, crop=True),
+        "resize the crop (PIL, antialiased)": lambda i, b: regions[i][0].resize(
+            target, Image.BILINEAR, box=regions[i][1]
+        ),
+        "flip (every other image)": lambda i, b: i % 2 or outs[i].transpose(Image.FLIP_LEFT_RIGHT),
+        "to the batch's format": lambda i, b: transforms.pixels(outs[i]),
+        "the whole transform": lambda i, b: train(b, rng),
+    }
+    rows = {name: [_least_cpu_ms(fn, small), None] for name, fn in ours.items()}
+    notes = {
+        "decode (+ crop)": "ours: libjpeg-turbo into PIL's layout, the crop mapped in place; theirs: PIL, "
+        'convert("RGB"), then the crop copied',
+        "to the batch's format": "ours: uint8 RGB; theirs: ToTensor + Normalize, float32",
+    }
+    try:
+        import torch
+        from torchvision import transforms as T
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(1)
+        pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in small]
+        crops = [p.crop(box) for p, box in zip(pil, boxes, strict=True)]
+        resized = [c.resize(target, Image.BILINEAR) for c in crops]
+        to_tensor, normalize = T.ToTensor(), T.Normalize(MEAN, STD)
+        seeds = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), to_tensor, normalize])
+        theirs = {
+            "decode (+ crop)": lambda i, b: Image.open(io.BytesIO(b)).convert("RGB").crop(boxes[i]),
+            "resize the crop (PIL, antialiased)": lambda i, b: crops[i].resize(target, Image.BILINEAR),
+            "flip (every other image)": lambda i, b: i % 2 or resized[i].transpose(Image.FLIP_LEFT_RIGHT),
+            "to the batch's format": lambda i, b: normalize(to_tensor(resized[i])),
+            "the whole transform": lambda i, b: seeds(Image.open(io.BytesIO(b)).convert("RGB")),
+        }
+        for name, fn in theirs.items():
+            rows[name][1] = _least_cpu_ms(fn, small)
+    print(f"{'stage':38s} {'lightnets':>10s} {'torchvision':>12s}")
+    for name, (a, b) in rows.items():
+        theirs_ms = f"{b:12.3f}" if b is not None else f"{'':12s}"
+        print(f"{name:38s} {a:10.3f} {theirs_ms}  {notes.get(name, '')}")
+
+    # What the speed-ups that move pixels would buy, and how far they move them.
+    def moved(pairs) -> str:
+        d = np.concatenate([np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).ravel() for a, b in pairs])
+        return (
+            f"pixels move {d.mean():.2f} levels on average, 99th percentile {np.percentile(d, 99):.0f}, max {d.max()}"
+        )
+
+    if large:
+        exact, reduced = transforms.TrainTransform(size, draft=False), transforms.TrainTransform(size)
+        pairs = [
+            (exact(b, np.random.default_rng(i)), reduced(b, np.random.default_rng(i))) for i, b in enumerate(large)
+        ]
+        share = np.mean([not np.array_equal(a, b) for a, b in pairs])
+        print(
+            f"DCT reduction (jpeg_draft), {len(large)} larger photos: {share:.0%} of their crops decoded at 1/2-1/8; "
+            f"{moved(pairs)}"
+        )
+    for name, group in (("500 px", small), ("larger", large)):
+        crops = [Image.open(io.BytesIO(b)).convert("RGB") for b in group]
+        crops = [c.crop(transforms.random_resized_crop_box(*c.size, rng)) for c in crops]
+        for gap in (1.0, 2.0):
+            fast = [c.resize(target, Image.BILINEAR, reducing_gap=gap) for c in crops]
+            share = np.mean([max(c.size[0] / size, c.size[1] / size) >= 2 * gap for c in crops])
+            pairs = zip((c.resize(target, Image.BILINEAR) for c in crops), fast, strict=True)
+            exact_ms = _least_cpu_ms(lambda i, c: c.resize(target, Image.BILINEAR), crops, 3)
+            gap_ms = _least_cpu_ms(lambda i, c: c.resize(target, Image.BILINEAR, reducing_gap=gap), crops, 3)  # noqa: B023
+            print(
+                f"PIL reducing_gap={gap:g}, {name} crops decoded whole: {share:.0%} reduced first; resize {gap_ms:.2f} "
+                f"ms against {exact_ms:.2f}; {moved(pairs)}"
+            )
+    sys.stdout.flush()
+
+
 # --- against torchvision: one process per measurement ------------------------------------------------
 
 
@@ -665,6 +769,7 @@ def main(argv) -> None:
     )
     if FLAGS.single_core:
         single_core(workdir, root, size, batch)
+        stages(root, size)
     if FLAGS.compare_torch:
         compare(root)
         print("\n## The same tensors? (after our on-device normalisation; NHWC -> NCHW)")

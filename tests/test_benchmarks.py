@@ -68,6 +68,14 @@ def test_data_pipeline_compares_with_torchvisions_dataloader(tmp_path):
     assert "24 training JPEGs" in out and "kB on average" in out  # the set's mix, stated
     for row in ("decode only", "train path", "eval path", "prepared 64px", "workers "):
         assert row in out, row
+    for stage in (
+        "decode (+ crop)",
+        "resize the crop (PIL, antialiased)",
+        "to the batch's format",
+        "the whole transform",
+    ):
+        assert re.search(rf"^{re.escape(stage)} +\d+\.\d+ +\d+\.\d+", out, re.M), stage  # ours, torchvision's
+    assert "DCT reduction (jpeg_draft)" in out and out.count("PIL reducing_gap=") == 4
     for path, images in (("train", "mix"), ("train", "500 px"), ("eval", "mix")):
         for framework in ("lightnets", "torchvision"):
             assert re.search(rf"^{path} +{images} +1 {framework} +\d+ \(", out, re.M), (path, images, framework)
