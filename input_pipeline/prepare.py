@@ -31,12 +31,12 @@ from input_pipeline import datasets, sources, transforms
 def reencode(data: bytes, max_shorter_side: int, quality: int) -> bytes:
     """One image, decoded (at a reduced size where libjpeg can), downsized with antialiasing so that
     its shorter side is at most `max_shorter_side`, and encoded as RGB JPEG."""
-    image = transforms.open_image(data)
+    encoded = transforms.Encoded(data)
     try:
-        width, height = image.size
+        width, height = encoded.size
         scale = min(1.0, max_shorter_side / min(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = transforms.decode(image, data, size if scale < 1 else None)  # DCT reduction to >= size
+        image = encoded.decode(size if scale < 1 else None)  # DCT reduction to >= size
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image)
         if image.size != size:

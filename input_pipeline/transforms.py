@@ -11,11 +11,14 @@ Randomness comes from the numpy Generator passed in (grain's `random_map` derive
 seed and the example's position), so a pipeline is reproducible and resumable.
 
 Speed: JPEGs are decoded by libjpeg-turbo through simplejpeg (faster than PIL; PIL for other
-formats), at a reduced size when the crop allows it (DCT scaling by 1/2, 1/4 or 1/8), and only
-the crop is handed to PIL's antialiased resize. 16-bit grey images (PNG, TIFF) keep their top 8
-bits, where PIL's and torchvision's `convert("RGB")` clip every value above 255 to white. PIL's
-refusal of a decompression bomb (more than twice `Image.MAX_IMAGE_PIXELS` pixels) is reported as
-such, and the image is skipped like any unreadable one.
+formats), at a reduced size when the crop allows it (DCT scaling by 1/2, 1/4 or 1/8), into PIL's
+own pixel layout, so that PIL's antialiased resize reads the crop where it lies: no copy between
+the decoder and the resize, and none of the float conversions torchvision's `ToTensor` and
+`Normalize` make on the host (docs/benchmarks.md, "Input pipeline on CPU").
+16-bit grey images (PNG, TIFF) keep their top 8 bits, where PIL's and torchvision's
+`convert("RGB")` clip every value above 255 to white. PIL's refusal of a decompression bomb (more
+than twice `Image.MAX_IMAGE_PIXELS` pixels) is reported as such, for JPEGs too, and the image is
+skipped like any unreadable one.
 The crop and resize geometry is torchvision's (`RandomResizedCrop`, `Resize` + `CenterCrop`);
 RandAugment is timm's (`rand_augment_transform`), op for op.
 """
@@ -67,12 +70,40 @@ except ImportError:  # pragma: no cover - PIL alone works, a little slower
 _SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.Image | np.ndarray:
-    """Decodes `image` (opened from `data`) as RGB, at the smallest JPEG DCT reduction (1/2, 1/4,
-    1/8) that is still at least `request` pixels when given. Returns a uint8 array or a PIL image."""
-    if image.format == "JPEG" and image.mode in ("RGB", "L") and simplejpeg is not None and isinstance(data, bytes):
-        w, h = request or (0, 0)
-        return simplejpeg.decode_jpeg(data, "RGB", min_width=w, min_height=h)  # strict: corrupt data raises
+def _jpeg_size(data) -> tuple[int, int] | None:
+    """(width, height) from the header of a JPEG that libjpeg-turbo decodes to RGB itself (YCbCr,
+    RGB or grey); None for anything else (other formats, CMYK JPEGs, arrays): PIL opens those."""
+    if simplejpeg is None or not isinstance(data, bytes) or not simplejpeg.is_jpeg(data):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:  # a damaged header: PIL reads what it can, or says what is wrong
+        return None
+    if colorspace not in ("YCbCr", "RGB", "Gray"):
+        return None
+    limit = Image.MAX_IMAGE_PIXELS  # PIL's refusal (Image.open), which this path does not pass through
+    if limit and width * height > 2 * limit:
+        raise CorruptImage(
+            f"refused as a possible decompression bomb: {width * height} pixels, more than twice "
+            f"Image.MAX_IMAGE_PIXELS ({limit})"
+        )
+    return width, height
+
+
+def _reduction(width: int, height: int, request: tuple[int, int] | None) -> int:
+    """The largest of 1, 2, 4, 8 that JPEG DCT scaling can divide the size by and still give at
+    least `request` pixels. libjpeg-turbo also scales by 3/8 ... 7/8, but those decode slower than
+    the full size (their inverse DCTs are plain C; a 500x375 JPEG at 5/8 took 0.96 ms, whole 0.76)."""
+    factor = 1
+    while (
+        request and factor < 8 and -(-width // (2 * factor)) >= request[0] and -(-height // (2 * factor)) >= request[1]
+    ):
+        factor *= 2
+    return factor
+
+
+def _decode_pil(image: Image.Image, request: tuple[int, int] | None) -> Image.Image:
+    """A PIL image as RGB, a JPEG at PIL's DCT reduction (`draft`: 1/2, 1/4, 1/8) still at least `request`."""
     if request is not None and image.format == "JPEG":
         image.draft(image.mode, request)
     if image.mode in _SIXTEEN_BIT_GREY:
@@ -85,50 +116,101 @@ def decode(image: Image.Image, data, request: tuple[int, int] | None) -> Image.I
     return image
 
 
+class Encoded:
+    """An image's encoded bytes (or a uint8 array) and its size, read from the header alone: the
+    pixels are decoded later, at the size that the crop needs.
+
+    JPEGs in YCbCr, RGB or grey are decoded by libjpeg-turbo (simplejpeg), into PIL's own pixel
+    layout (RGBX), so that PIL reads a crop where it lies: no copy between decoder and resize.
+    Everything else goes through PIL (`open_image`).
+    """
+
+    def __init__(self, data: bytes | np.ndarray):
+        self.data = data
+        self._pil = None
+        size = _jpeg_size(data)
+        if size is None:
+            self._pil = open_image(data)
+            size = self._pil.size
+        self.size = size
+
+    def decode(self, request: tuple[int, int] | None = None) -> np.ndarray | Image.Image:
+        """RGB pixels, at the largest DCT reduction (JPEG) still at least `request`: a uint8 array
+        for the JPEGs libjpeg-turbo decodes, a PIL image (RGB) for the rest."""
+        if self._pil is not None:
+            return _decode_pil(self._pil, request)
+        width, height = self.size
+        factor = _reduction(width, height, request)
+        return simplejpeg.decode_jpeg(self.data, "RGB", min_width=-(-width // factor), min_height=-(-height // factor))
+
+    def region(
+        self, box: tuple[float, ...], request: tuple[int, int] | None, crop: bool
+    ) -> tuple[Image.Image, tuple[float, ...]]:
+        """The decoded pixels that hold `box` (full-resolution coordinates) and the box within them.
+
+        With `crop`, the whole pixels around the box; otherwise the whole image. A JPEG is decoded
+        at the largest DCT reduction still at least `request`, and the box scaled with it.
+        """
+        width, height = self.size
+        if self._pil is not None:
+            image = _decode_pil(self._pil, request)
+            dw, dh = image.size
+        else:
+            factor = _reduction(width, height, request)
+            dw, dh = -(-width // factor), -(-height // factor)
+            # One row of slack: a region right of column 0 maps past the last row's end.
+            pixels = np.empty((dh + 1) * dw * 4, np.uint8)
+            simplejpeg.decode_jpeg(self.data, "RGBX", min_width=dw, min_height=dh, buffer=pixels)  # strict
+            image = None
+        if (dw, dh) != (width, height):
+            sx, sy = dw / width, dh / height
+            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])) if crop else None
+        outer = outer or (0, 0, dw, dh)
+        if image is not None:
+            image = image.crop(outer) if crop else image
+        else:
+            start = (outer[1] * dw + outer[0]) * 4
+            size = (outer[2] - outer[0], outer[3] - outer[1])
+            image = Image.frombuffer("RGBX", size, pixels[start:], "raw", "RGBX", dw * 4, 1)
+        return image, (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
+
+
 def _resize_box(
-    image: Image.Image,
+    image: Encoded,
     box: tuple[float, ...],
     size: tuple[int, int],
     resample,
     draft: bool,
     crop: bool = False,
-    data=None,
 ) -> Image.Image:
-    """The region `box` (left, top, right, bottom; full-resolution pixels) of `image`, resized to `size`, RGB.
+    """The region `box` (left, top, right, bottom; full-resolution pixels) of `image`, resized to
+    `size`: a PIL image, RGB or RGBX (`pixels` makes either an RGB array).
 
     `crop=True` resizes the region alone, as torchvision's `resized_crop` does (the filter sees
     no pixel outside it); `crop=False` samples the whole image, as a resize followed by a crop.
-    With `draft`, a JPEG is decoded at the smallest power-of-two reduction that keeps the region
-    at least `size`: the decode is then up to 64x less work. `data`: the encoded bytes of
-    `image`, for the faster JPEG decoder.
+    With `draft`, a JPEG is decoded at the largest power-of-two reduction that keeps the region
+    at least `size`: the decode is then up to 64x less work.
     """
     try:
-        width, height = image.size
         request = None
-        if draft and image.format == "JPEG":
+        if draft:
+            width, height = image.size
             box_w, box_h = box[2] - box[0], box[3] - box[1]
             request = (math.ceil(width * size[0] / box_w), math.ceil(height * size[1] / box_h))
-        decoded = decode(image, data, request)
-        dw, dh = decoded.size if isinstance(decoded, Image.Image) else (decoded.shape[1], decoded.shape[0])
-        if (dw, dh) != (width, height):
-            sx, sy = dw / width, dh / height
-            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        if box == (0, 0, dw, dh) and (dw, dh) == size:
-            return decoded if isinstance(decoded, Image.Image) else Image.fromarray(decoded)
-        if crop:  # the whole pixels that hold the box, then the box within them
-            outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
-            if isinstance(decoded, Image.Image):
-                decoded = decoded.crop(outer)
-            else:
-                decoded = decoded[outer[1] : outer[3], outer[0] : outer[2]]
-            box = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
-        if not isinstance(decoded, Image.Image):
-            decoded = Image.fromarray(decoded)
-        return decoded.resize(size, resample, box=box)
+        region, box = image.region(box, request, crop)
+        return region.resize(size, resample, box=box)
     except CorruptImage:
         raise
     except Exception as e:  # decoding happens here, lazily: truncated data, bad markers, ...
         raise CorruptImage(str(e)) from None
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    """An RGB or RGBX PIL image -> uint8 RGB HWC (one copy: PIL packs RGBX to RGB in C)."""
+    if image.mode == "RGBX":
+        return np.frombuffer(image.tobytes("raw", "RGB"), np.uint8).reshape(image.height, image.width, 3)
+    return np.asarray(image)
 
 
 def random_resized_crop_box(
@@ -180,16 +262,14 @@ class TrainTransform:
         self.randaugment = RandAugment(randaugment, interpolation=interpolation, fill=fill) if randaugment else None
 
     def __call__(self, data: bytes | np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        image = open_image(data)
+        image = Encoded(data)
         box = random_resized_crop_box(*image.size, rng, self.scale, self.ratio)
-        out = _resize_box(
-            image, box, (self.size, self.size), _resample(self.interpolation, rng), self.draft, crop=True, data=data
-        )
+        out = _resize_box(image, box, (self.size, self.size), _resample(self.interpolation, rng), self.draft, crop=True)
         if self.hflip and rng.random() < self.hflip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)  # PIL's flip is ~10x faster than a strided numpy copy
         if self.randaugment is not None:
-            out = self.randaugment(out, rng)
-        return np.asarray(out)
+            out = self.randaugment(out.convert("RGB"), rng)
+        return pixels(out)
 
 
 class EvalTransform:
@@ -215,9 +295,9 @@ class EvalTransform:
         return left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy
 
     def __call__(self, data: bytes | np.ndarray) -> np.ndarray:
-        image = open_image(data)
+        image = Encoded(data)
         size = (self.size, self.size)
-        return np.asarray(_resize_box(image, self.box(*image.size), size, self.resample, self.draft, data=data))
+        return pixels(_resize_box(image, self.box(*image.size), size, self.resample, self.draft))
 
 
 def _decoded(data: bytes | np.ndarray) -> np.ndarray:
@@ -225,8 +305,7 @@ def _decoded(data: bytes | np.ndarray) -> np.ndarray:
     if isinstance(data, np.ndarray) and data.ndim == 3 and data.shape[2] == 3:
         return data
     try:
-        image = decode(open_image(data), data, None)
-        return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        return np.asarray(Encoded(data).decode())
     except CorruptImage:
         raise
     except Exception as e:  # decoding happens here, lazily: truncated data, bad markers, ...

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -222,3 +223,43 @@ def test_gpu_check_reports_what_did_not_fit_the_deadline_as_skipped(tmp_path):
     assert len(report["skipped"]) == 9
     assert all("left before the deadline" in s for s in report["skipped"])
     assert "round 1 efficientnet_v2_b0_tf lightnets infer+train" in (out / "gpu_check.md").read_text()
+
+
+def test_data_pipeline_compares_with_torchvisions_dataloader(tmp_path):
+    # The command the docs' figures come from, CI-sized: tiny images, one pair of processes per
+    # row, half a second each. Its rows and the equivalence checks are asserted, never a speed.
+    argv = [
+        sys.executable,
+        "benchmarks/data_pipeline.py",
+        "--compare_torch",
+        "--pairs=1",
+        "--compare_workers=1",
+        "--images=24",
+        "--image_size=32",
+        "--batch_size=4",
+        "--seconds=0.5",
+        "--prepared_sides=64",
+        f"--workdir={tmp_path}",
+    ]
+    # A host pipeline: one CPU device, not the tests' 8 (batch 4 would not divide over them).
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "24 training JPEGs" in out and "kB on average" in out  # the set's mix, stated
+    for row in ("decode only", "train path", "eval path", "prepared 64px", "workers "):
+        assert row in out, row
+    for stage in (
+        "decode (+ crop)",
+        "resize the crop (PIL, antialiased)",
+        "to the batch's format",
+        "the whole transform",
+    ):
+        assert re.search(rf"^{re.escape(stage)} +\d+\.\d+ +\d+\.\d+", out, re.M), stage  # ours, torchvision's
+    assert "DCT reduction (jpeg_draft)" in out and out.count("PIL reducing_gap=") == 4
+    for path, images in (("train", "mix"), ("train", "500 px"), ("eval", "mix")):
+        for framework in ("lightnets", "torchvision"):
+            assert re.search(rf"^{path} +{images} +1 {framework} +\d+ \(", out, re.M), (path, images, framework)
+    assert out.count("ratio lightnets/torchvision per core, pair by pair") == 3
+    checks = re.findall(r"^(ok  |FAIL) (.*)$", out, re.M)
+    assert len(checks) == 11 and all(status == "ok  " for status, _ in checks), checks

@@ -316,27 +316,59 @@ def test_16_bit_grey_images_are_scaled_to_8_bits_not_clipped():
         np.testing.assert_array_equal(image, np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=-1))
 
 
-def test_a_decompression_bomb_is_reported_as_such_and_skipped(monkeypatch):
+@pytest.mark.parametrize("kind", ("PNG", "JPEG"))  # JPEGs are read by libjpeg-turbo, not PIL: the same rule
+def test_a_decompression_bomb_is_reported_as_such_and_skipped(monkeypatch, kind):
     out = io.BytesIO()
-    Image.new("RGB", (32, 32)).save(out, format="PNG")
+    Image.new("RGB", (32, 32)).save(out, format=kind)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses over twice as many: 1,024 is a bomb here
-    example = datasets._Decode(transforms.EvalTransform(16))({"image": out.getvalue(), "label": 0, "name": "bomb.png"})
-    assert example["skipped"] == "bomb.png" and "decompression bomb" in example["reason"]
+    example = {"image": out.getvalue(), "label": 0, "name": "bomb"}
+    for skipped in (
+        datasets._Decode(transforms.EvalTransform(16))(example),
+        datasets._Decode(transforms.TrainTransform(16))(example, np.random.default_rng(0)),
+    ):
+        assert skipped["skipped"] == "bomb" and "decompression bomb" in skipped["reason"]
 
 
-def test_eval_transform_is_torchvision_resize_then_centre_crop():
+@pytest.mark.parametrize("encoded", (False, True), ids=("pixels", "jpeg"))
+def test_eval_and_crop_transforms_are_torchvisions(encoded):
+    # From a JPEG, ours decodes with libjpeg-turbo into PIL's layout and resizes the crop where it
+    # lies; torchvision decodes with PIL (libjpeg-turbo too) and crops a copy: the same pixels.
     from torchvision.transforms import v2
 
     photo = Image.fromarray(photos.load_photos()["china"]).resize((500, 375))
+    if encoded:
+        out = io.BytesIO()
+        photo.save(out, format="JPEG", quality=90)
+        data = out.getvalue()
+        photo = Image.open(io.BytesIO(data)).convert("RGB")  # torchvision's loader
+    else:
+        data = np.asarray(photo)
     expected = np.asarray(v2.Compose([v2.Resize(256), v2.CenterCrop(224)])(photo))
-    ours = transforms.EvalTransform(224, crop_pct=0.875, draft=False)(np.asarray(photo))
-    assert np.abs(ours.astype(int) - expected).max() <= 1
-    # The crop geometry of RandomResizedCrop: the same box, resized as torchvision does.
-    box = transforms.random_resized_crop_box(500, 375, np.random.default_rng(0))
-    left, top, right, bottom = box
-    crop = v2.functional.resized_crop(photo, top, left, bottom - top, right - left, [224, 224], antialias=True)
-    ours = np.asarray(transforms._resize_box(photo, box, (224, 224), Image.BILINEAR, draft=False, crop=True))
-    assert np.abs(ours.astype(int) - np.asarray(crop)).max() <= 1
+    for draft in (False, True):  # 500x375 at 224 px: no DCT reduction applies, so draft changes nothing
+        ours = transforms.EvalTransform(224, crop_pct=0.875, draft=draft)(data)
+        assert ours.shape == (224, 224, 3) and np.abs(ours.astype(int) - expected).max() <= 1
+    # The crop geometry of RandomResizedCrop: the same box, resized as torchvision does; the last
+    # box touches the bottom-right corner (the decoder's buffer ends there).
+    boxes = [transforms.random_resized_crop_box(500, 375, np.random.default_rng(seed)) for seed in range(5)]
+    for left, top, right, bottom in [*boxes, (500 - 301, 375 - 177, 500, 375)]:
+        crop = v2.functional.resized_crop(photo, top, left, bottom - top, right - left, [224, 224], antialias=True)
+        region = transforms.Encoded(data)
+        box = (left, top, right, bottom)
+        ours = transforms.pixels(transforms._resize_box(region, box, (224, 224), Image.BILINEAR, draft=True, crop=True))
+        assert ours.shape == (224, 224, 3) and np.abs(ours.astype(int) - np.asarray(crop)).max() <= 1
+
+
+def test_jpeg_dct_reduction_is_by_a_power_of_two_and_keeps_the_crop_large_enough():
+    # libjpeg-turbo's 3/8 ... 7/8 scales decode slower than the whole image: only 1/2, 1/4, 1/8.
+    assert transforms._reduction(500, 375, (341, 256)) == 1  # 3/4 would do, but is not used
+    assert transforms._reduction(1000, 750, (500, 375)) == 2
+    assert transforms._reduction(1000, 750, (250, 188)) == 4  # 1/4: 250 x 188 (libjpeg rounds 187.5 up)
+    assert transforms._reduction(1000, 750, (250, 189)) == 2
+    assert transforms._reduction(4000, 3000, (10, 10)) == 8
+    out = io.BytesIO()
+    Image.fromarray(photos.load_photos()["china"]).save(out, format="JPEG", quality=90)  # 640x427
+    decoded = transforms.Encoded(out.getvalue()).decode((160, 107))
+    assert decoded.shape == (107, 160, 3)  # 1/4, rounded up as libjpeg does
 
 
 def test_random_resized_crop_boxes_keep_to_the_scale_and_ratio():
