@@ -336,6 +336,9 @@ def _xla_threads() -> int:
 
 
 def _lightnets(job: Job, profile_dir: str) -> dict:
+    from lightnets import cli
+
+    cli.prepare_cpu()  # as main.py does, before the backend starts: a CPU step's freed memory stays mapped
     import jax
     import numpy as np
     from flax import nnx

@@ -28,11 +28,13 @@ import numpy as np
 
 from configs import default
 from input_pipeline import datasets
+from lightnets import cli
 from lightnets.training import trainer
 from lightnets.training.steps import build_steps
 
 
 def main():
+    cli.prepare_cpu()  # as main.py does, before the backend starts
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="mobilenet_v2_100")
     parser.add_argument("--batch", type=int, default=256)
