@@ -164,7 +164,9 @@ class Encoded:
             image = None
         if (dw, dh) != (width, height):
             sx, sy = dw / width, dh / height
-            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+            # Clamped: width * (dw / width) can round one ulp above dw (87 * (44 / 87) = 44.00000000000001),
+            # and its ceiling would read a row or column past the decoded image.
+            box = (box[0] * sx, box[1] * sy, min(box[2] * sx, dw), min(box[3] * sy, dh))
         outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])) if crop else None
         outer = outer or (0, 0, dw, dh)
         if image is not None:

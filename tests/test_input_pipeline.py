@@ -504,3 +504,22 @@ def test_the_mixed_loss_is_timms_soft_target_cross_entropy():
         jnp.asarray(logits), jnp.asarray(partner), 0.1
     )
     np.testing.assert_allclose(float(ours), theirs, rtol=1e-5)
+
+
+def test_a_reduced_decode_crop_at_the_images_edge_stays_inside_the_image():
+    # Decoded at 1/2-1/8, the box is scaled by dw / width, and width * (dw / width) can round one
+    # ulp above dw (87 * (44 / 87) = 44.00000000000001): a crop touching the right or bottom edge
+    # must neither read past the decoded pixels (uninitialised memory) nor be refused.
+    hits = 0
+    for height in range(80, 100):
+        dh = -(-height // transforms._reduction(1000, height, (20, 20)))  # the whole image's decode
+        hits += height * (dh / height) > dh
+        out = io.BytesIO()
+        Image.new("RGB", (1000, height), (100, 100, 100)).save(out, format="JPEG", quality=95)
+        region = transforms.Encoded(out.getvalue())
+        for box in ((0, 0, 1000, height), (500, 0, 1000, height)):
+            ours = transforms.pixels(
+                transforms._resize_box(region, box, (20, 20), Image.BILINEAR, draft=True, crop=True)
+            )
+            assert ours.shape == (20, 20, 3) and np.abs(ours.astype(int) - 100).max() <= 1, (height, box)
+    assert hits  # the rounding case is among these sizes
