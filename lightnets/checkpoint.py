@@ -497,6 +497,11 @@ class RunCheckpoints:
             abstract = self._as_saved(step) if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
             state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
         except Exception as e:
+            if _out_of_memory(e):  # the files may be intact: never set aside for this (one line, cli.run)
+                raise ValueError(
+                    f"step {step} of {self.directory} does not fit in memory here ({_short(e)}): it is left as it "
+                    "is; restore it where it fits, or with fewer arrays per device (more devices)"
+                ) from None
             raise DamagedCheckpoint(f"cannot read its state: {_short(e)}") from None
         if recorded is None:
             logging.warning(
@@ -698,6 +703,11 @@ def _check_fits(recorded: dict, like: Any, what: str, *, partial: bool = False) 
             f"{what} holds another state than this run's ({len(differ)} arrays differ, e.g. "
             f"{'; '.join(differ[:3])}): did the optimiser or the model change?"
         )
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether reading failed for want of host or device memory (XLA's RESOURCE_EXHAUSTED), not damage."""
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e)
 
 
 def _short(e: Exception) -> str:

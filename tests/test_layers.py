@@ -114,6 +114,9 @@ def test_depthwise_taps_gradient_equals_xla_convolution_gradient():
         return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
 
     (p_taps, x_taps), (p_xla, x_xla) = grads(taps), grads(xla)
+    # float32 sums in another order: an input pixel's gradient sums at most 9 terms, a kernel tap's
+    # 2 * 5 * 5 = 50, each term O(1-10) here, so round-off stays under 50 * 10 * 2**-24 = 3e-5 and
+    # mostly far below; a wrong tap, stride phase or pad moves a value by O(1).
     np.testing.assert_allclose(x_taps, x_xla, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(p_taps["kernel"][...], p_xla["kernel"][...], rtol=1e-5, atol=1e-5)
 
@@ -159,6 +162,8 @@ def test_few_channel_patches_equal_xla_convolution(stride, kernel, padding):
         return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
 
     (p_patches, x_patches), (p_xla, x_xla) = grads(patches), grads(xla)
+    # As above: the kernel's gradient sums up to 2 * 9 * 9 = 162 terms of O(1-10), whose round-off
+    # in another order can reach 162 * 10 * 2**-24 = 1e-4; an input pixel's, 8 channels x 25 taps.
     np.testing.assert_allclose(x_patches, x_xla, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(p_patches["kernel"][...], p_xla["kernel"][...], rtol=1e-5, atol=1e-4)
 

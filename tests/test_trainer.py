@@ -739,3 +739,17 @@ def test_two_processes_train_together_and_the_checkpoint_restores_in_one(tmp_pat
     state, _ = train.create_train_state(s.model, tx)
     restored = checkpoint.RunCheckpoints(tmp_path / "checkpoints").restore(6, state)
     assert trainer.fingerprint(restored.params) == prints[0][0]
+
+
+def test_a_step_that_does_not_fit_in_memory_is_not_taken_for_damage(uninterrupted, tmp_path, monkeypatch):
+    workdir = _copy(uninterrupted, tmp_path)
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1073741824 bytes.")
+
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "_as_saved", exhausted)  # inside the state's read
+    with pytest.raises(ValueError, match=r"step 24 of .* does not fit in memory here .* left as it is") as error:
+        checkpoint.load_run(workdir)
+    assert not isinstance(error.value, checkpoint.DamagedCheckpoint) and "\n" not in str(error.value)
+    assert _checkpoints(workdir) == [16, 20, 24]  # nothing set aside
+    assert not list((workdir / "checkpoints").glob("*.corrupt-*"))
