@@ -103,17 +103,23 @@ def test_depthwise_taps_gradient_is_autodiff_of_the_taps(size, stride, kernel, p
     _assert_same_gradients(written, plain, x, w, g, terms=(kernel**2, y.size // y.shape[-1]))
 
 
+def _as_xla(conv: Conv2d) -> Conv2d:
+    """The same convolution, same parameters, computed by XLA's convolution."""
+    xla = nnx.clone(conv)
+    xla.conv_impl = "xla"
+    return xla
+
+
+def _grads(conv: Conv2d, x):
+    """The gradients of sum(conv(x) ** 2) with respect to conv's parameters and x."""
+    graphdef, params = nnx.split(conv)
+    return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
+
+
 def test_depthwise_taps_gradient_equals_xla_convolution_gradient():
     x = jax.random.normal(jax.random.key(1), (2, 9, 9, 8))
     taps = _conv(8, 8, 3, stride=2, groups=8, impl="taps")
-    xla = nnx.clone(taps)
-    xla.conv_impl = "xla"
-
-    def grads(conv):
-        graphdef, params = nnx.split(conv)
-        return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
-
-    (p_taps, x_taps), (p_xla, x_xla) = grads(taps), grads(xla)
+    (p_taps, x_taps), (p_xla, x_xla) = _grads(taps, x), _grads(_as_xla(taps), x)
     # float32 sums in another order: an input pixel's gradient sums at most 9 terms, a kernel tap's
     # 2 * 5 * 5 = 50, each term O(1-10) here, so round-off stays under 50 * 10 * 2**-24 = 3e-5 and
     # mostly far below; a wrong tap, stride phase or pad moves a value by O(1).
@@ -153,15 +159,9 @@ def test_few_channel_patches_equal_xla_convolution(stride, kernel, padding):
     # A stem's RGB input: one product over the k*k windows, values and gradients as XLA's.
     x = jax.random.normal(jax.random.key(1), (2, 9, 9, 3))
     patches = _conv(3, 8, kernel, stride=stride, padding=padding, impl="taps")
-    xla = nnx.clone(patches)
-    xla.conv_impl = "xla"
+    xla = _as_xla(patches)
     np.testing.assert_allclose(patches(x), xla(x), rtol=1e-5, atol=1e-5)
-
-    def grads(conv):
-        graphdef, params = nnx.split(conv)
-        return jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1))(params, x)
-
-    (p_patches, x_patches), (p_xla, x_xla) = grads(patches), grads(xla)
+    (p_patches, x_patches), (p_xla, x_xla) = _grads(patches, x), _grads(xla, x)
     # As above: the kernel's gradient sums up to 2 * 9 * 9 = 162 terms of O(1-10), whose round-off
     # in another order can reach 162 * 10 * 2**-24 = 1e-4; an input pixel's, 8 channels x 25 taps.
     np.testing.assert_allclose(x_patches, x_xla, rtol=1e-5, atol=1e-5)
