@@ -654,7 +654,12 @@ class _Profiler:
 
     def before(self, step: int) -> None:
         if step == self.start and self.end is not None:
-            jax.profiler.start_trace(str(self.directory))
+            # Without JAX's Python tracer (on by default): it hooks every function call of every
+            # thread (the input pipeline's, the checkpointer's), so the host time it shows is
+            # inflated, and it installs its hooks into threads while they run.
+            options = jax.profiler.ProfileOptions()
+            options.python_tracer_level = 0
+            jax.profiler.start_trace(str(self.directory), profiler_options=options)
             self.running = True
 
     def after(self, step: int, state) -> None:
