@@ -26,8 +26,9 @@ not grain, clu, TensorFlow or simplejpeg (synthetic data). ml_collections is pur
 is missing, `--wheels DIR` puts its wheel from DIR (`pip download ml_collections==1.1.0 --no-deps
 -d DIR` on a machine with the internet) on the measuring processes' path; nothing is installed.
 `--tiny` runs the same path on CPU at 32 px, batch 2, on the smallest variant of each family,
-with torch.compile for one model's inference only: compiling a training graph to C++ takes over a
-minute on a 2-core CPU.
+with torch.compile for one model's inference only, and through dynamo and AOTAutograd without
+inductor (`aot_eager`): inductor's C++ compile takes most of a minute for one small inference
+graph on a 2-core CPU, and the path under test is ours, not PyTorch's compiler.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ FULL_MODELS = {"mobilenet_v1_100": 224, "mobilenet_v2_100": 224, "shufflenet_v2_
 TINY_MODELS = {"mobilenet_v1_025": 32, "mobilenet_v2_035": 32, "shufflenet_v2_x0_5": 32, "efficientnet_v2_b0_tf": 32}
 FULL = {"models": FULL_MODELS, "batch_size": 256, "steps": 20, "windows": 3, "warmup": 5, "rounds": 3}
 TINY = {"models": TINY_MODELS, "batch_size": 2, "steps": 1, "windows": 2, "warmup": 1, "rounds": 1}
+# The dry run's torch.compile (see above): inductor's C++ compile took 46 s of its 108 s here.
+TINY_TORCH_COMPILE_BACKEND = "aot_eager"
 # Before the first of its kind has run, the seconds a process is assumed to need on a GPU (a first,
 # cold compilation of the train step at batch 256, cuDNN autotuning included); later, the longest seen.
 FIRST_ESTIMATE_S = {"lightnets": 90.0, "torch": 30.0, "torch.compile": 150.0}
@@ -93,8 +96,11 @@ def plan(settings: dict, frameworks: list[str], tiny: bool, rounds: int) -> list
 
     common = {k: settings[k] for k in ("batch_size", "steps", "windows", "warmup")}
 
-    def job(model, framework, modes, analyse=False):
-        return measure.Job(model, framework, modes, image_size=settings["models"][model], analyse=analyse, **common)
+    def job(model, framework, modes, analyse=False, backend="inductor"):
+        size = settings["models"][model]
+        return measure.Job(
+            model, framework, modes, image_size=size, analyse=analyse, torch_compile_backend=backend, **common
+        )
 
     both = ("infer", "train")  # inference first: its peak memory is not the training's
     first, compiled, later = [], [], []
@@ -106,7 +112,8 @@ def plan(settings: dict, frameworks: list[str], tiny: bool, rounds: int) -> list
             first.append(Planned(job(model, "torch", both), 0))
             later += [Planned(job(model, "torch", both), r) for r in range(1, rounds)]
         if "torch.compile" in frameworks and not (tiny and i > 0):
-            compiled.append(Planned(job(model, "torch.compile", ("infer",) if tiny else both), 0))
+            backend = TINY_TORCH_COMPILE_BACKEND if tiny else "inductor"
+            compiled.append(Planned(job(model, "torch.compile", ("infer",) if tiny else both, backend=backend), 0))
     later.sort(key=lambda p: p.round)  # round by round, each alternating its models' frameworks
     return first + compiled + later
 
@@ -210,7 +217,8 @@ def report(out: pathlib.Path, command: str, args, settings, env, results, skippe
         f"{settings['windows']} windows of {settings['steps']} steps; across rounds the median and min-max. Ratios "
         "are over PyTorch eager's figure of the same round; one pair gives no spread. Peak memory: the "
         "device allocator's peak (JAX's `peak_bytes_in_use`, PyTorch's `max_memory_allocated`), else the "
-        "process's peak RSS. Compile s: the first step for PyTorch (cuDNN autotuning, torch.compile).",
+        "process's peak RSS. Compile s: the first step for PyTorch (cuDNN autotuning, torch.compile)."
+        + (f" torch.compile's backend: {TINY_TORCH_COMPILE_BACKEND} (no inductor)." if args.tiny else ""),
         "",
         measure.markdown(rows),
         "",

@@ -58,7 +58,8 @@ def jobs(args) -> list:
 
 def _progress(result: dict, rounds: int) -> None:
     job = result["job"]
-    name = f"round {result['round'] + 1}/{rounds} {job['model']} {measure.LABELS[job['framework']]}"
+    which = "filling the caches" if result["round"] == measure.FILL_ROUND else f"round {result['round'] + 1}/{rounds}"
+    name = f"{which} {job['model']} {measure.LABELS[job['framework']]}"
     if "error" in result:
         print(f"# {name}: FAILED, {result['error']}", file=sys.stderr, flush=True)
         return
@@ -81,6 +82,11 @@ def main(argv=None) -> list[measure.Row]:
     parser.add_argument("--torch_compile", action="store_true", help="with --compare_torch: torch.compile rows")
     parser.add_argument("--cores", default="", help="CPU cores for every process, e.g. 0,1 (default: all of ours)")
     parser.add_argument("--cache_dir", default="", help="compilation caches (default: a fresh one, removed after)")
+    parser.add_argument(
+        "--no_fill_caches",
+        action="store_true",
+        help="no cache-filling process per compiling job before round 1 (round 1 then compiles cold)",
+    )
     parser.add_argument(
         "--omp_wait_policy",
         default="passive",
@@ -109,6 +115,7 @@ def main(argv=None) -> list[measure.Row]:
             args.rounds,
             lambda job: measure.run_job(job, cores=cores, env=env, timeout=args.timeout_s),
             on_result=lambda result: _progress(result, args.rounds),
+            fill_caches=not args.no_fill_caches,
         )
     finally:
         if not args.cache_dir:
