@@ -1,73 +1,191 @@
-"""Times the convolution formulations that `lightnets.models.layers.Conv2d` chooses between.
+"""Times the convolution formulations that `lightnets.models.layers.Conv2d` chooses between on CPU.
 
-    python benchmarks/conv_formulations.py [--batch 32] [--size 56] [--channels 144]
+    PYTHONPATH=. python benchmarks/conv_formulations.py [--batch 16] [--rounds 5] [--dtypes float32,bfloat16]
 
-Forward and forward+backward of a depthwise 3x3 (grouped `lax.conv_general_dilated` against
-nine shifted multiply-adds) and of a 1x1 convolution (`lax.conv_general_dilated` against a
-matrix product), in float32 and bfloat16, on the default JAX backend.
+For each layer below, forward and forward+backward (the output and the gradients of the input
+and the kernel; of the kernel alone for a stem, whose input is the image) of each formulation,
+on the default JAX backend. Measured as `measure.py` measures: every (layer, dtype, formulation)
+in a fresh process pinned to the same cores, compilation and a warm-up apart, then `--windows`
+windows of `--calls` calls (the process's figure is their median); the formulations of a layer
+alternate, A B A B, for `--rounds` rounds. A row is the median of its rounds with their min-max,
+and the comparison with the formulation `Conv2d` uses on CPU is taken round by round (ms of this
+one over ms of that one, measured next to each other); a spread that includes 1.0 is "no
+difference".
+
+The layers are the shapes of a training step at batch 16 and 128 px (the CPU comparison's): a
+depthwise 3x3 and a 1x1 of MobileNetV2's 144-channel stage, a stem (3 channels in), and a dense
+3x3 of EfficientNetV2's Fused-MBConv stage (48 -> 192). Results in docs/benchmarks.md.
 """
 
+from __future__ import annotations
+
 import argparse
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-from lightnets.models.layers import Conv2d
+import measure  # noqa: E402
+
+# name: (input height = width, channels in, channels out, kernel, stride, groups, formulations);
+# the first formulation is the one `Conv2d` uses on CPU, the baseline of the comparison.
+LAYERS = {
+    "depthwise 3x3": (32, 144, 144, 3, 1, 144, ("shifted taps", "grouped conv")),
+    "pointwise 1x1": (32, 144, 48, 1, 1, 1, ("matmul", "conv")),
+    "stem 3x3 / 2 (3 channels)": (128, 3, 32, 3, 2, 1, ("patches + matmul", "conv")),
+    "dense 3x3 (48 channels)": (32, 48, 192, 3, 1, 1, ("conv", "patches + matmul")),
+}
 
 
-def _time(fn, *args, repeats=5):
-    fn = jax.jit(fn)
-    jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - start) / repeats * 1e3
+def _child(spec: dict) -> dict:
+    os.sched_setaffinity(0, spec["cores"])  # before XLA sizes its thread pool from it
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from lightnets.models import layers
+
+    size, c_in, c_out, k, s, groups, _ = LAYERS[spec["layer"]]
+    dtype = jnp.dtype(spec["dtype"])
+    pads = ((k - 1) // 2,) * 2, ((k - 1) // 2,) * 2
+    x = jax.random.normal(jax.random.key(0), (spec["batch"], size, size, c_in), dtype)
+    kernel = jax.random.normal(jax.random.key(1), (k, k, c_in // groups, c_out), dtype) * 0.1
+
+    def conv(x, kernel):
+        return lax.conv_general_dilated(
+            x, kernel, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+        )
+
+    formulations = {
+        "conv": conv,
+        "grouped conv": conv,
+        "shifted taps": lambda x, kernel: layers._depthwise_taps(x, kernel, s, pads),
+        "matmul": lambda x, kernel: layers._matmul(x, kernel[0, 0]),
+        "patches + matmul": lambda x, kernel: layers._matmul(
+            layers._patches(x, k, s, pads), kernel.reshape(k * k * c_in, c_out)
+        ),
+    }
+    forward = formulations[spec["formulation"]]
+    # The output's gradient as a network's would be: an argument (the ones of a plain sum would
+    # be folded into the backward pass), and the output returned too (else, the convolution being
+    # linear, XLA drops the forward pass). A stem's input is the image: no gradient for it.
+    g = jax.random.normal(jax.random.key(2), jax.eval_shape(forward, x, kernel).shape, dtype)
+    input_gradient = c_in > layers.PATCHES_MAX_CHANNELS
+
+    def forward_backward(x, kernel, g):
+        if input_gradient:
+            y, vjp = jax.vjp(forward, x, kernel)
+            return y, *vjp(g)
+        y, vjp = jax.vjp(lambda kernel: forward(x, kernel), kernel)
+        return y, *vjp(g)
+
+    out = {}
+    passes = (
+        ("forward", jax.jit(lambda x, kernel, g: forward(x, kernel))),
+        ("forward+backward", jax.jit(forward_backward)),
+    )
+    for name, fn in passes:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(x, kernel, g))  # compiles
+        compile_s = time.perf_counter() - start
+        jax.block_until_ready(fn(x, kernel, g))  # warm-up
+        windows = []
+        for _ in range(spec["windows"]):
+            start = time.perf_counter()
+            for _ in range(spec["calls"]):
+                result = fn(x, kernel, g)
+            jax.block_until_ready(result)
+            windows.append((time.perf_counter() - start) / spec["calls"] * 1e3)
+        out[name] = {"ms": statistics.median(windows), "compile_s": compile_s}
+    out["env"] = {"jax": jax.__version__, "device": jax.devices()[0].device_kind}
+    return out
+
+
+def _run(spec: dict, env: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True, timeout=900
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(measure.RESULT)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{spec['layer']} {spec['formulation']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(measure.RESULT) :])
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=56)
-    parser.add_argument("--channels", type=int, default=144)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated names from LAYERS")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5, help="calls per window")
+    parser.add_argument("--cores", default="", help="comma-separated cores to pin to (default: all of this process's)")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    c = args.channels
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
-    print(f"input ({args.batch}, {args.size}, {args.size}, {c}); times in ms, mean of 5 after a warm-up")
-    print("| layer | dtype | formulation | forward | forward+backward |")
-    print("| --- | --- | --- | ---: | ---: |")
-    for dtype in (jnp.float32, jnp.bfloat16):
-        x = jax.random.normal(jax.random.key(0), (args.batch, args.size, args.size, c), dtype)
-        cases = [
-            ("depthwise 3x3", "grouped conv", {"groups": c, "out": c, "k": 3, "impl": "xla"}),
-            ("depthwise 3x3", "shifted taps", {"groups": c, "out": c, "k": 3, "impl": "taps"}),
-            ("pointwise 1x1", "matmul", {"groups": 1, "out": c // 3, "k": 1, "impl": "auto"}),
-        ]
-        for layer, label, o in cases:
-            conv = Conv2d(
-                c, o["out"], o["k"], groups=o["groups"], conv_impl=o["impl"], dtype=dtype, key=jax.random.key(1)
-            )
-            graphdef, params = nnx.split(conv)
+    if args.child:
+        print(measure.RESULT + json.dumps(_child(json.loads(args.child))), flush=True)
+        return
 
-            def fwd(params, x, graphdef=graphdef):
-                return nnx.merge(graphdef, params)(x)
+    cores = [int(c) for c in args.cores.split(",")] if args.cores else measure.default_cores()
+    cache = measure.new_cache_dir()
+    env = measure.child_env(cache)
+    names = [n.strip() for n in args.layers.split(",")]
+    unknown = [n for n in names if n not in LAYERS]
+    if unknown:
+        parser.error(f"unknown layer(s) {unknown}; choose from {list(LAYERS)}")
+    cases = [(layer, dtype) for layer in names for dtype in args.dtypes.split(",")]
+    ms = {}  # (layer, dtype, formulation, pass) -> round -> ms
+    loads, versions = [], {}
+    try:
+        for r in range(args.rounds):
+            for layer, dtype in cases:
+                for formulation in LAYERS[layer][-1]:
+                    spec = {"layer": layer, "dtype": dtype, "formulation": formulation, "cores": cores}
+                    spec |= {"batch": args.batch, "windows": args.windows, "calls": args.calls}
+                    loads.append(os.getloadavg()[0])
+                    result = _run(spec, env)
+                    versions = result.pop("env")
+                    for name, figures in result.items():
+                        ms.setdefault((layer, dtype, formulation, name), {})[r] = figures["ms"]
+                    print(f"round {r + 1}/{args.rounds}: {layer} {dtype} {formulation}", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
-            def loss(params, x, fwd=fwd):
-                return fwd(params, x).astype(jnp.float32).sum()
-
-            f = _time(fwd, params, x)
-            b = _time(jax.grad(loss, argnums=(0, 1)), params, x)
-            print(f"| {layer} | {jnp.dtype(dtype).name} | {label} | {f:.1f} | {b:.1f} |")
-        # The 1x1 baseline: XLA's own convolution on the same kernel.
-        w = jax.random.normal(jax.random.key(2), (1, 1, c, c // 3), dtype)
-
-        def conv1x1(w, x):
-            return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-        f = _time(conv1x1, w, x)
-        b = _time(jax.grad(lambda w, x: conv1x1(w, x).astype(jnp.float32).sum(), argnums=(0, 1)), w, x)
-        print(f"| pointwise 1x1 | {jnp.dtype(dtype).name} | conv | {f:.1f} | {b:.1f} |")
+    print(
+        f"jax {versions.get('jax')}, {versions.get('device')}, cores {cores}, batch {args.batch}; each figure the "
+        f"median of {args.windows} windows of {args.calls} calls in a fresh process; {args.rounds} rounds alternated; "
+        f"1-minute load {min(loads):.1f}-{max(loads):.1f}"
+    )
+    print(
+        "| layer | input | dtype | formulation | forward ms, median (min-max) | forward+backward ms | "
+        "forward+backward / Conv2d's, paired | verdict |"
+    )
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | --- |")
+    for layer, dtype in cases:
+        size, c_in, c_out, _, s, _, formulations = LAYERS[layer]
+        shape = f"{args.batch}x{size}x{size}x{c_in} -> {c_out}" + (f", stride {s}" if s > 1 else "")
+        chosen = ms[(layer, dtype, formulations[0], "forward+backward")]
+        for formulation in formulations:
+            cells = []
+            for name in ("forward", "forward+backward"):
+                f = list(ms[(layer, dtype, formulation, name)].values())
+                cells.append(f"{statistics.median(f):.1f} ({min(f):.1f}-{max(f):.1f})")
+            ratio, judged = "Conv2d's choice", ""
+            if formulation != formulations[0]:
+                mine = ms[(layer, dtype, formulation, "forward+backward")]
+                rs = [mine[r] / chosen[r] for r in mine if r in chosen]
+                ratio = f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})"
+                # Ratios of times: above 1 this formulation is slower (measure.verdict reads rates).
+                judged = {"faster": "slower", "slower": "faster"}.get(measure.verdict(rs), measure.verdict(rs))
+            print(f"| {layer} | {shape} | {dtype} | {formulation} | {cells[0]} | {cells[1]} | {ratio} | {judged} |")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,10 @@ def main():
         loop.append((time.perf_counter() - start) / args.steps)
 
     ratios = [b / a for a, b in zip(device, loop, strict=True)]
+    # Ratios of times: above 1 the loop is slower (measure.verdict reads ratios of rates).
+    verdict = {"faster": "the loop is slower", "slower": "the loop is faster"}.get(
+        measure.verdict(ratios), measure.verdict(ratios)
+    )
     ms = [f"{1e3 * np.median(x):.1f} ms/step ({1e3 * min(x):.1f}-{1e3 * max(x):.1f})" for x in (device, loop)]
     print(
         f"{args.model} batch {args.batch} at {args.size} px, {args.dtype}, {jax.device_count()} x "
@@ -98,7 +102,7 @@ def main():
     )
     print(
         f"device {ms[0]} | loop {ms[1]} | loop / device {np.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}):"
-        f" {measure.verdict(ratios)} | host, median: next batch {1e3 * np.median(fetch):.2f} ms, transfer + "
+        f" {verdict} | host, median: next batch {1e3 * np.median(fetch):.2f} ms, transfer + "
         f"dispatch {1e3 * np.median(dispatch):.2f} ms"
     )
 
