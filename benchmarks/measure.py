@@ -328,8 +328,9 @@ def new_cache_dir() -> str:
 def _windows(run_steps, sync, job: Job, images_per_step: int, warmup: int) -> dict:
     """`warmup` steps timed apart, then images/s in each of `job.windows` windows of `job.steps` steps."""
     start = time.perf_counter()
-    run_steps(warmup)
-    sync()
+    if warmup:  # none in a cache-filling process (`alternate`)
+        run_steps(warmup)
+        sync()
     warmup_s = time.perf_counter() - start
     rates = []
     for _ in range(job.windows):

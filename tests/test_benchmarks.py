@@ -166,7 +166,7 @@ def test_throughput_alternates_the_frameworks_in_processes_of_their_own(capsys):
     throughput = _load("throughput")
     # Inference only: the train step's processes are the GPU check's dry run's (below).
     argv = "--model=mobilenet_v1_025 --batch_size=2 --image_size=32 --steps=1 --windows=2 --warmup=1 --rounds=2"
-    rows = throughput.main([*argv.split(), "--modes=infer", "--compare_torch", "--no_fill_caches"])
+    rows = throughput.main([*argv.split(), "--modes=infer", "--compare_torch"])  # with a cache-filling process
     out = capsys.readouterr().out
     by_key = {(row.framework, row.mode): row for row in rows}
     assert set(by_key) == {("lightnets", "infer"), ("torch", "infer")}
