@@ -26,12 +26,12 @@ Array = jax.Array
 Dtype = Any
 
 # Convolution formulations. "xla" is `lax.conv_general_dilated` everywhere; "taps" computes a
-# depthwise convolution as k*k shifted multiply-adds, which XLA's CPU backend runs 20x faster
-# than its grouped convolution (5x with the gradients; benchmarks/conv_formulations.py), and a
+# depthwise convolution as k*k shifted multiply-adds, which XLA's CPU backend runs 25x faster
+# than its grouped convolution (with the gradients too; benchmarks/conv_formulations.py), and a
 # convolution of an input with few channels (a stem's RGB) as one matrix product over its k*k
-# shifted windows, 1.7-2x faster than XLA's CPU convolution of 3 channels; "auto" uses taps on CPU only, where GPUs and
-# TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix product in every mode. The
-# parameters are the same whichever formulation runs.
+# shifted windows, 1.7-2x faster than XLA's CPU convolution of 3 channels; "auto" uses taps on
+# CPU only, where GPUs and TPUs have cuDNN / native kernels. 1x1 convolutions are a matrix
+# product in every mode. The parameters are the same whichever formulation runs.
 CONV_IMPLS = ("auto", "xla", "taps")
 PATCHES_MAX_CHANNELS = 4  # "taps": inputs with this many channels or fewer go through `_patches`
 
