@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -74,13 +73,8 @@ def main():
                         continue
                     loads.append(os.getloadavg()[0])
                     spec = json.dumps({"model": model, "way": way, "cores": cores})
-                    proc = subprocess.run(
-                        [sys.executable, __file__, "--child", spec], env=env, capture_output=True, text=True
-                    )
-                    lines = [line for line in proc.stdout.splitlines() if line.startswith(measure.RESULT)]
-                    if proc.returncode or not lines:
-                        raise SystemExit(f"{model} ({way}) failed:\n{proc.stderr[-3000:]}")
-                    result = json.loads(lines[-1][len(measure.RESULT) :])
+                    argv = [sys.executable, __file__, "--child", spec]
+                    result = measure.child_result(argv, env, f"{model} ({way})")
                     times.setdefault((model, way), []).append(result["s"])
                     version = result["jax"]
                     print(f"round {r + 1}/{args.rounds}: {model} {way} {result['s']:.1f} s", file=sys.stderr)

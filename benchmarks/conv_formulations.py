@@ -25,7 +25,6 @@ import os
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -109,16 +108,6 @@ def _child(spec: dict) -> dict:
     return out
 
 
-def _run(spec: dict, env: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True, timeout=900
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(measure.RESULT)]
-    if proc.returncode or not lines:
-        raise SystemExit(f"{spec['layer']} {spec['formulation']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(measure.RESULT) :])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -151,7 +140,8 @@ def main():
                     spec = {"layer": layer, "dtype": dtype, "formulation": formulation, "cores": cores}
                     spec |= {"batch": args.batch, "windows": args.windows, "calls": args.calls}
                     loads.append(os.getloadavg()[0])
-                    result = _run(spec, env)
+                    argv = [sys.executable, __file__, "--child", json.dumps(spec)]
+                    result = measure.child_result(argv, env, f"{layer} {formulation}", timeout=900)
                     versions = result.pop("env")
                     for name, figures in result.items():
                         ms.setdefault((layer, dtype, formulation, name), {})[r] = figures["ms"]
@@ -183,8 +173,7 @@ def main():
                 mine = ms[(layer, dtype, formulation, "forward+backward")]
                 rs = [mine[r] / chosen[r] for r in mine if r in chosen]
                 ratio = f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})"
-                # Ratios of times: above 1 this formulation is slower (measure.verdict reads rates).
-                judged = {"faster": "slower", "slower": "faster"}.get(measure.verdict(rs), measure.verdict(rs))
+                judged = measure.verdict(rs, of="times")
             print(f"| {layer} | {shape} | {dtype} | {formulation} | {cells[0]} | {cells[1]} | {ratio} | {judged} |")
 
 

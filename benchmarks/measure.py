@@ -211,14 +211,28 @@ class Row:
         return LABELS.get(self.framework, self.framework)
 
 
-def verdict(ratios) -> str:
-    """'faster', 'slower' or 'no difference' (the min-max spread of the paired ratios includes 1.0)."""
+def verdict(ratios, of: str = "rates") -> str:
+    """'faster', 'slower' or 'no difference' (the min-max spread of the paired ratios includes 1.0).
+
+    `of`: "rates" (images/s over images/s: above 1 is faster) or "times" (ms over ms: above 1 is slower).
+    """
     ratios = list(ratios)
     if len(ratios) < 2:
         return "one pair: no spread"
     if min(ratios) <= 1.0 <= max(ratios):
         return "no difference"
-    return "faster" if min(ratios) > 1.0 else "slower"
+    above = {"rates": "faster", "times": "slower"}[of]
+    return above if min(ratios) > 1.0 else {"faster": "slower", "slower": "faster"}[above]
+
+
+def child_result(argv: list[str], env: dict[str, str], what: str, timeout: float | None = None) -> dict:
+    """Runs a measuring child (`argv`) and returns the JSON of its last `RESULT` line; a child that
+    fails ends the benchmark with `what` and the tail of its stderr."""
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def summarise(results: list[dict]) -> list[Row]:

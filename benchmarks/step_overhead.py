@@ -90,10 +90,8 @@ def main():
         loop.append((time.perf_counter() - start) / args.steps)
 
     ratios = [b / a for a, b in zip(device, loop, strict=True)]
-    # Ratios of times: above 1 the loop is slower (measure.verdict reads ratios of rates).
-    verdict = {"faster": "the loop is slower", "slower": "the loop is faster"}.get(
-        measure.verdict(ratios), measure.verdict(ratios)
-    )
+    verdict = measure.verdict(ratios, of="times")
+    verdict = f"the loop is {verdict}" if verdict in ("faster", "slower") else verdict
     ms = [f"{1e3 * np.median(x):.1f} ms/step ({1e3 * min(x):.1f}-{1e3 * max(x):.1f})" for x in (device, loop)]
     print(
         f"{args.model} batch {args.batch} at {args.size} px, {args.dtype}, {jax.device_count()} x "

@@ -44,6 +44,7 @@ def test_ratios_are_paired_round_by_round_and_a_spread_across_one_is_no_differen
     assert measure.verdict(rows["lightnets"].ratios.values()) == "no difference"
     assert measure.verdict([0.4, 0.5, 0.45]) == "slower"
     assert measure.verdict([1.2, 1.1, 1.3]) == "faster"
+    assert measure.verdict([1.2, 1.1, 1.3], of="times") == "slower"  # ms over ms (conv_formulations, step_overhead)
     table = measure.markdown(list(rows.values()))
     assert "| m | lightnets | train | 20.0 | 10.0-30.0 | 3 |" in table and "| no difference |" in table
 
