@@ -96,11 +96,8 @@ def plan(settings: dict, frameworks: list[str], tiny: bool, rounds: int) -> list
 
     common = {k: settings[k] for k in ("batch_size", "steps", "windows", "warmup")}
 
-    def job(model, framework, modes, analyse=False, backend="inductor"):
-        size = settings["models"][model]
-        return measure.Job(
-            model, framework, modes, image_size=size, analyse=analyse, torch_compile_backend=backend, **common
-        )
+    def job(model, framework, modes, **options):
+        return measure.Job(model, framework, modes, image_size=settings["models"][model], **options, **common)
 
     both = ("infer", "train")  # inference first: its peak memory is not the training's
     first, compiled, later = [], [], []
@@ -112,8 +109,8 @@ def plan(settings: dict, frameworks: list[str], tiny: bool, rounds: int) -> list
             first.append(Planned(job(model, "torch", both), 0))
             later += [Planned(job(model, "torch", both), r) for r in range(1, rounds)]
         if "torch.compile" in frameworks and not (tiny and i > 0):
-            backend = TINY_TORCH_COMPILE_BACKEND if tiny else "inductor"
-            compiled.append(Planned(job(model, "torch.compile", ("infer",) if tiny else both, backend=backend), 0))
+            options = {"torch_compile_backend": TINY_TORCH_COMPILE_BACKEND} if tiny else {}
+            compiled.append(Planned(job(model, "torch.compile", ("infer",) if tiny else both, **options), 0))
     later.sort(key=lambda p: p.round)  # round by round, each alternating its models' frameworks
     return first + compiled + later
 
